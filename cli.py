@@ -1,0 +1,18 @@
+"""moe-emotion command line: extract -> fit -> ensemble (see README.md).
+
+Run as ``python cli.py COMMAND --help`` from a checkout, or ``moe-emotion COMMAND`` once installed.
+"""
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main():
+    """Multimodal emotion recognition from video: cache frozen embeddings once, train small expert
+    heads and a Mixture-of-Experts router on the cache, use unlabeled clips through consensus
+    pseudo-labels, and write voted, re-ranked predictions (after "More Is Better", MER2025-SEMI)."""
+
+
+if __name__ == "__main__":
+    main()

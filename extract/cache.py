@@ -1,0 +1,489 @@
+"""The HDF5 feature cache: crash-safe shards, provenance, failures, and one reader.
+
+Layout of a cache directory::
+
+    CACHE/
+      .lock                              held (flock) by the one `extract` writing to this cache
+      <key>/                             one feature set; key = "<extractor>-<10 hex of config hash>"
+        meta.json                        provenance: extractor, version, full config, hash, model
+                                         id + revision/checksum, library versions, created, kind, dims
+        part-<time>-<pid>-<seq>.h5       immutable shards: extracted clips and recorded failures
+
+Why shards (crash safety). An HDF5 file that is being modified when its process is killed can be
+left unreadable as a whole: its B-trees and free-space metadata are updated in place. So nothing
+here ever modifies an HDF5 file. The single writer (the main process; workers only compute)
+buffers finished clips and every few seconds / clips writes them to a NEW file named ``*.tmp``,
+flushes and fsyncs it, and then renames it to ``part-*.h5`` with ``os.replace``, which is atomic
+on POSIX. A SIGKILL at any moment therefore leaves either a complete shard or a ``*.tmp`` file
+that readers ignore (and the next writer deletes): at most the clips still being computed or
+waiting in the buffer are lost, and a re-run computes exactly those. Compaction merges small
+shards into one bigger shard by the same write-then-rename route, then deletes the old ones; if
+killed in between, a clip appears in two shards with identical data and the reader keeps one.
+
+A changed config (or extractor version) gives a different hash and so a different key: results of
+two configs never mix. Clip ids are the media path relative to the video folder without extension.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("vector", "layers", "series", "record")
+SHARD_GLOB = "part-*.h5"
+_STR = None  # h5py string dtype, created lazily
+
+
+class CacheError(Exception):
+    """A cache problem the user must act on (message says what to do)."""
+
+
+class CacheLockedError(CacheError):
+    pass
+
+
+def config_hash(payload: dict) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:10]
+
+
+def _str_dtype():
+    import h5py
+
+    global _STR
+    if _STR is None:
+        _STR = h5py.string_dtype("utf-8")
+    return _STR
+
+
+@dataclass
+class Feature:
+    """What an extractor returns for one clip.
+
+    vector: data (D,); layers: data (L, D); series: data (T, D) with timestamps (T,) and an optional
+    per-frame mask (T,) (False = no valid value at that frame, e.g. no face) and an optional pooled
+    vector (D',); record: a JSON-serialisable dict in ``record`` (texts, answers).
+    """
+
+    data: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    pooled: np.ndarray | None = None
+    record: dict | None = None
+
+
+@dataclass
+class FeatureBatch:
+    """Features of a list of ids, in that order. ``present[i]`` is False where id i has no value
+    (not extracted, or failed): its rows are NaN (vector/layers/pooled) so that a consumer that
+    forgets the mask fails loudly instead of training on zeros.
+
+    Series are padded to the longest: ``data`` (n, T, D), ``mask`` (n, T) True on real frames that
+    have a valid value, ``lengths`` (n,), ``timestamps`` (n, T).
+    """
+
+    key: str
+    ids: list[str]
+    kind: str
+    data: np.ndarray | list
+    present: np.ndarray
+    mask: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+class CacheLock:
+    """Exclusive advisory lock on a cache. The kernel drops it when the holder dies (even SIGKILL),
+    so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / ".lock"
+
+    def __enter__(self):
+        import filelock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = filelock.FileLock(str(self.path), timeout=0)
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            holder = _read_text(self.path.with_suffix(".pid")) or "unknown"
+            raise CacheLockedError(
+                f"cache {self.path.parent} is in use by another extract (pid {holder.strip()}); "
+                "wait for it to finish, or pass another --cache"
+            ) from None
+        self.path.with_suffix(".pid").write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class FeatureCache:
+    """A cache directory: the feature sets in it and how to read them."""
+
+    def __init__(self, root: str | os.PathLike = "cache"):
+        self.root = Path(root)
+
+    def lock(self) -> CacheLock:
+        return CacheLock(self.root)
+
+    def keys(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "meta.json").is_file())
+
+    def feature_set(self, key: str) -> "FeatureSet":
+        fs = FeatureSet(self.root / key)
+        if not fs.exists():
+            raise CacheError(f"no feature set {key!r} in cache {self.root}; known: {', '.join(self.keys()) or 'none'}")
+        return fs
+
+    def resolve(self, name: str) -> str:
+        """A full key, or a short unambiguous form (extractor name, key prefix) -> the full key."""
+        keys = self.keys()
+        if name in keys:
+            return name
+        matches = [k for k in keys if k.startswith(name + "-") or k.startswith(name)]
+        by_extractor = [k for k in keys if FeatureSet(self.root / k).meta.get("extractor") == name]
+        matches = by_extractor or matches
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise CacheError(f"unknown feature {name!r} in cache {self.root}; known keys: {', '.join(keys) or 'none'} "
+                             "(see `cli.py cache info`)")
+        raise CacheError(f"feature {name!r} is ambiguous in cache {self.root}: {', '.join(matches)}; give the full key")
+
+    def create(self, key: str, meta: dict) -> "FeatureSet":
+        """Open (creating if needed) a feature set for writing. Its meta must match if it exists."""
+        fs = FeatureSet(self.root / key)
+        if fs.exists():
+            old = fs.meta
+            if old.get("config_hash") != meta.get("config_hash"):
+                raise CacheError(f"{fs.path}/meta.json has config hash {old.get('config_hash')} but key {key} "
+                                 f"expects {meta.get('config_hash')}; the folder was edited by hand: move it away")
+            return fs
+        fs.path.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(fs.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+        return fs
+
+    def read(self, key: str, ids, **kw) -> FeatureBatch:
+        """Read feature ``key`` (full or short form) for ``ids``, in that order. See FeatureSet.read."""
+        return self.feature_set(self.resolve(key)).read(ids, **kw)
+
+    def all_ids(self) -> set[str]:
+        out: set[str] = set()
+        for k in self.keys():
+            fs = FeatureSet(self.root / k)
+            out.update(fs.done_ids())
+            out.update(fs.failures())
+        return out
+
+
+def read_features(cache_dir: str | os.PathLike, key: str, ids, **kw) -> FeatureBatch:
+    """The one reader: feature ``key`` for ``ids`` in that order (array, or padded series + mask)."""
+    return FeatureCache(cache_dir).read(key, ids, **kw)
+
+
+class FeatureSet:
+    """One feature set (one extractor + config) in a cache: shards + meta.json."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.key = self.path.name
+        self._index: dict[str, tuple[Path, int]] | None = None
+        self._failures: dict[str, str] | None = None
+        self._meta: dict | None = None
+
+    def exists(self) -> bool:
+        return (self.path / "meta.json").is_file()
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            text = _read_text(self.path / "meta.json")
+            self._meta = json.loads(text) if text else {}
+        return self._meta
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "vector")
+
+    def shards(self) -> list[Path]:
+        return sorted(self.path.glob(SHARD_GLOB))
+
+    def _load_index(self) -> None:
+        import h5py
+
+        index: dict[str, tuple[Path, int]] = {}
+        failures: dict[str, str] = {}
+        for shard in self.shards():
+            try:
+                with h5py.File(shard, "r") as f:
+                    ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]] if "ids" in f else []
+                    fids = f["failed_ids"].asstr()[()] if "failed_ids" in f else []
+                    freasons = f["failed_reasons"].asstr()[()] if "failed_reasons" in f else []
+            except OSError as exc:  # cannot happen for renamed shards, but never let one file kill a read
+                raise CacheError(f"shard {shard} is unreadable ({exc}); delete it and re-run extract") from exc
+            for row, cid in enumerate(ids):
+                index.setdefault(cid, (shard, row))
+            for cid, reason in zip(fids, freasons):
+                failures[cid] = reason
+        self._index = index
+        self._failures = {k: v for k, v in failures.items() if k not in index}
+
+    def refresh(self) -> None:
+        self._index = None
+        self._failures = None
+
+    def done_ids(self) -> set[str]:
+        if self._index is None:
+            self._load_index()
+        return set(self._index)
+
+    def failures(self) -> dict[str, str]:
+        if self._failures is None:
+            self._load_index()
+        return dict(self._failures)
+
+    def read(self, ids, missing: str = "mask", max_len: int | None = None, pooled: bool = False) -> FeatureBatch:
+        """Values for ``ids`` in that order.
+
+        missing: "mask" (absent ids get present=False and NaN rows) or "raise".
+        pooled: for series, return the stored pooled vector (n, D') instead of the padded series.
+        max_len: for series, keep at most this many frames per clip (evenly subsampled).
+        """
+        import h5py
+
+        ids = list(ids)
+        if self._index is None:
+            self._load_index()
+        absent = [i for i in ids if i not in self._index]
+        if absent and missing == "raise":
+            raise CacheError(f"{len(absent)} ids have no value in {self.key} (first: {absent[:5]})")
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for pos, cid in enumerate(ids):
+            if cid in self._index:
+                shard, row = self._index[cid]
+                by_shard.setdefault(shard, []).append((pos, row))
+        values: list = [None] * len(ids)
+        for shard, pairs in by_shard.items():
+            with h5py.File(shard, "r") as f:
+                _read_rows(f, self.kind, pairs, values, pooled)
+        present = np.array([v is not None for v in values], dtype=bool)
+        fails = {i: self._failures[i] for i in ids if i in self._failures}
+        kind = "vector" if (pooled and self.kind == "series") else self.kind
+        if kind == "record":
+            return FeatureBatch(self.key, ids, kind, values, present, failures=fails)
+        if kind in ("vector", "layers"):
+            shape = self._shape(values, kind)
+            data = np.full((len(ids),) + shape, np.nan, dtype=np.float32)
+            for i, v in enumerate(values):
+                if v is not None:
+                    data[i] = v
+            return FeatureBatch(self.key, ids, kind, data, present, failures=fails)
+        return _pad_series(self.key, ids, values, present, fails, max_len, self.meta.get("dims"))
+
+    def _shape(self, values, kind) -> tuple:
+        for v in values:
+            if v is not None:
+                return tuple(np.shape(v))
+        dims = self.meta.get("dims")
+        return tuple(dims) if dims else (0,)
+
+
+def _read_rows(f, kind, pairs, values, pooled) -> None:
+    if kind == "record":
+        data = f["data"].asstr()
+        for pos, row in pairs:
+            values[pos] = json.loads(data[row])
+        return
+    if kind in ("vector", "layers") or pooled:
+        ds = f["pooled"] if (kind == "series" and pooled) else f["data"]
+        rows = np.asarray([r for _, r in pairs])
+        order = np.argsort(rows)
+        block = ds[rows[order]] if len(rows) else []
+        for j, k in enumerate(order):
+            values[pairs[k][0]] = block[j]
+        return
+    offsets = f["offsets"][()]
+    data, ts = f["data"], f["timestamps"]
+    mask = f["mask"] if "mask" in f else None
+    for pos, row in pairs:
+        a, b = int(offsets[row]), int(offsets[row + 1])
+        values[pos] = (data[a:b], ts[a:b], mask[a:b] if mask is not None else np.ones(b - a, bool))
+
+
+def _pad_series(key, ids, values, present, fails, max_len, dims) -> FeatureBatch:
+    def cut(v):
+        x, t, m = v
+        if max_len is not None and len(x) > max_len:
+            sel = np.linspace(0, len(x) - 1, max_len).round().astype(int)
+            return x[sel], t[sel], m[sel]
+        return v
+
+    values = [cut(v) if v is not None else None for v in values]
+    lengths = np.array([len(v[0]) if v is not None else 0 for v in values], dtype=np.int64)
+    dim = next((v[0].shape[1] for v in values if v is not None), (dims or [0, 0])[-1])
+    tmax = max(int(lengths.max()) if len(lengths) else 0, 1)
+    data = np.zeros((len(ids), tmax, dim), dtype=np.float32)
+    mask = np.zeros((len(ids), tmax), dtype=bool)
+    times = np.zeros((len(ids), tmax), dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None:
+            data[i] = np.nan
+            continue
+        x, t, m = v
+        data[i, : len(x)] = x
+        times[i, : len(x)] = t
+        mask[i, : len(x)] = m
+    return FeatureBatch(key, ids, "series", data, present, mask=mask, lengths=lengths, timestamps=times, failures=fails)
+
+
+class ShardWriter:
+    """Buffers results of one feature set and writes them as atomically renamed shards."""
+
+    def __init__(self, fs: FeatureSet, kind: str, run_attrs: dict | None = None):
+        self.fs = fs
+        self.kind = kind
+        self.run_attrs = run_attrs or {}
+        self.items: list[tuple[str, Feature]] = []
+        self.fails: list[tuple[str, str]] = []
+        self.seq = 0
+        self.written = 0
+        self.dims: tuple | None = None
+        for stale in fs.path.glob(".part-*.tmp"):  # left by a killed writer: never complete
+            stale.unlink(missing_ok=True)
+
+    def __len__(self):
+        return len(self.items) + len(self.fails)
+
+    def add(self, cid: str, feat: Feature) -> None:
+        self.items.append((cid, feat))
+
+    def fail(self, cid: str, reason: str) -> None:
+        self.fails.append((cid, reason))
+
+    def flush(self) -> Path | None:
+        if not self.items and not self.fails:
+            return None
+        name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{self.seq:05d}.h5"
+        self.seq += 1
+        path = write_shard(self.fs.path / name, self.kind, self.items, self.fails, self.run_attrs)
+        if self.items and self.kind != "record":
+            self.dims = tuple(np.shape(self.items[0][1].data))
+        self.written += len(self.items)
+        self.items, self.fails = [], []
+        self.fs.refresh()
+        return path
+
+
+def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) -> Path:
+    """Write one immutable shard: tmp file, flush + fsync, atomic rename."""
+    import h5py
+
+    tmp = path.with_name("." + path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "moe-emotion-shard/1"
+        f.attrs["kind"] = kind
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = json.dumps(v, default=str) if not isinstance(v, (str, int, float)) else v
+        ids = [cid for cid, _ in items]
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_str_dtype())
+        if kind == "record":
+            f.create_dataset("data", data=np.array([json.dumps(x.record, default=str) for _, x in items], dtype=object),
+                             dtype=_str_dtype())
+        elif kind in ("vector", "layers"):
+            if items:
+                f.create_dataset("data", data=np.stack([np.asarray(x.data, np.float32) for _, x in items]))
+        else:
+            lengths = [len(x.data) for _, x in items]
+            f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            if items:
+                f.create_dataset("data", data=np.concatenate([np.asarray(x.data, np.float32) for _, x in items]))
+                f.create_dataset("timestamps", data=np.concatenate([np.asarray(x.timestamps, np.float64) for _, x in items]))
+                masks = [np.ones(len(x.data), bool) if x.mask is None else np.asarray(x.mask, bool) for _, x in items]
+                f.create_dataset("mask", data=np.concatenate(masks))
+                if all(x.pooled is not None for _, x in items):
+                    f.create_dataset("pooled", data=np.stack([np.asarray(x.pooled, np.float32) for _, x in items]))
+        f.create_dataset("failed_ids", data=np.array([c for c, _ in fails], dtype=object), dtype=_str_dtype())
+        f.create_dataset("failed_reasons", data=np.array([r for _, r in fails], dtype=object), dtype=_str_dtype())
+        f.flush()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def compact(fs: FeatureSet, min_shards: int = 8) -> int:
+    """Merge the small shards of a feature set into one (same atomic route). Returns shards merged."""
+    import h5py
+
+    shards = fs.shards()
+    if len(shards) < min_shards:
+        return 0
+    fs.refresh()
+    done = sorted(fs.done_ids())
+    fails = sorted(fs.failures().items())
+    kind = fs.kind
+    batch = fs.read(done, missing="raise")
+    items = []
+    for i, cid in enumerate(done):
+        if kind == "record":
+            items.append((cid, Feature(record=batch.data[i])))
+        elif kind == "series":
+            n = int(batch.lengths[i])
+            items.append((cid, Feature(data=batch.data[i, :n], timestamps=batch.timestamps[i, :n], mask=batch.mask[i, :n])))
+        else:
+            items.append((cid, Feature(data=batch.data[i])))
+    if kind == "series":
+        with h5py.File(shards[0], "r") as f:
+            has_pooled = "pooled" in f
+        if has_pooled:
+            pooled = fs.read(done, pooled=True).data
+            for i, (_, feat) in enumerate(items):
+                feat.pooled = pooled[i]
+    name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-compact.h5"
+    write_shard(fs.path / name, kind, items, fails, {"compacted_from": len(shards)})
+    for s in shards:
+        s.unlink(missing_ok=True)
+    _fsync_dir(fs.path)
+    fs.refresh()
+    return len(shards)

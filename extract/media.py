@@ -1,0 +1,231 @@
+"""Finding media files and decoding each one ONCE with PyAV.
+
+A decoded :class:`Clip` carries 16 kHz mono float32 audio and RGB uint8 frames sampled at a chosen
+rate (with their timestamps). Every extractor of a run receives that same object, so a clip is
+never decoded twice, whatever the number of extractors.
+"""
+from __future__ import annotations
+
+import math
+import os
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a")
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+
+#: what an extractor can ask the decoder for
+NEEDS = ("audio", "frames", "text")
+
+MIN_AUDIO_SECONDS = 0.1
+
+
+class DecodeError(Exception):
+    """The file could not be decoded at all (corrupt, empty, not media)."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How clips are decoded. Part of the cache key of every extractor that uses frames/audio."""
+
+    sample_rate: int = 16000
+    fps: float = 5.0  # frames per second sampled from the video
+    max_frames: int = 64  # cap; a longer clip gets max_frames spread evenly over its length
+    max_side: int = 640  # frames are downscaled so that their longer side is at most this
+    max_seconds: float | None = None  # decode only the first N seconds (None: everything)
+
+    def for_needs(self, needs) -> dict:
+        """The decode parameters that change what an extractor with these needs receives."""
+        out = {}
+        if "audio" in needs:
+            out.update(sample_rate=self.sample_rate)
+        if "frames" in needs:
+            out.update(fps=self.fps, max_frames=self.max_frames, max_side=self.max_side)
+        if ("audio" in needs or "frames" in needs) and self.max_seconds is not None:
+            out.update(max_seconds=self.max_seconds)
+        return out
+
+
+@dataclass
+class Clip:
+    """One decoded media file, as handed to every extractor."""
+
+    id: str
+    path: str
+    audio: np.ndarray | None = None  # (n,) float32 in [-1, 1] at sample_rate
+    sample_rate: int = 16000
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB
+    frame_times: np.ndarray | None = None  # (T,) float64 seconds
+    text: str | None = None  # transcript, when one was given
+    text_source: str | None = None
+    duration: float | None = None
+    # why a stream is absent, e.g. "no audio stream": an extractor that needs it fails with this
+    missing: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def unavailable(self, needs) -> str | None:
+        """Reason why this clip cannot feed an extractor with these needs, or None."""
+        for need in needs:
+            if need in self.missing:
+                return self.missing[need]
+        return None
+
+
+def discover(video_dir: str | os.PathLike) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Every media file under ``video_dir`` (recursive), keyed by clip id.
+
+    The clip id is the path relative to ``video_dir`` without its extension, with ``/`` separators
+    and Unicode NFC normalisation (so that ids match a labels CSV typed on another OS). Returns
+    ``(files, collisions)``: ids that two or more files map to are not in ``files`` but in
+    ``collisions`` (never silently overwritten).
+    """
+    root = Path(video_dir)
+    found: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in MEDIA_EXTENSIONS and path.is_file():
+            found.setdefault(clip_id(path, root), []).append(path)
+    files = {cid: paths[0] for cid, paths in found.items() if len(paths) == 1}
+    collisions = {cid: paths for cid, paths in found.items() if len(paths) > 1}
+    return files, collisions
+
+
+def clip_id(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    return unicodedata.normalize("NFC", rel.as_posix())
+
+
+def frame_targets(duration: float | None, fps: float, max_frames: int) -> np.ndarray | None:
+    """Times (s) at which frames are sampled: every 1/fps, or max_frames spread over a long clip."""
+    if duration is None or not math.isfinite(duration) or duration <= 0:
+        return None
+    n = int(math.floor(duration * fps + 1e-9)) or 1
+    if n <= max_frames:
+        return np.arange(n) / fps
+    step = duration / max_frames
+    return (np.arange(max_frames) + 0.5) * step
+
+
+def _resized(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
+
+
+def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig = DecodeConfig()) -> Clip:
+    """Decode ``path`` in a single demux pass: audio and/or frames, as ``needs`` asks.
+
+    Raises :class:`DecodeError` when the file cannot be read at all. A missing stream is not an
+    error here: it is recorded in ``Clip.missing`` and only the extractors that need it fail.
+    """
+    import av  # local import: workers import lazily
+
+    path = str(path)
+    clip = Clip(id=clip_id_, path=path, sample_rate=config.sample_rate)
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except Exception as exc:  # PyAV raises many FFmpeg error types
+        raise DecodeError(f"not a readable media file ({type(exc).__name__}: {exc})") from exc
+    with container:
+        astream = container.streams.audio[0] if container.streams.audio else None
+        vstream = container.streams.video[0] if container.streams.video else None
+        if astream is None and vstream is None:
+            raise DecodeError("no audio or video stream")
+        clip.duration = _duration(container, astream, vstream)
+        clip.info = _stream_info(astream, vstream, clip.duration)
+        want_audio = "audio" in needs
+        want_frames = "frames" in needs
+        if want_audio and astream is None:
+            clip.missing["audio"] = "no audio stream"
+        if want_frames and vstream is None:
+            clip.missing["frames"] = "no video stream"
+        streams = [s for s, w in ((astream, want_audio), (vstream, want_frames)) if s is not None and w]
+        if not streams:
+            return clip
+        audio_parts: list[np.ndarray] = []
+        frames: list[np.ndarray] = []
+        times: list[float] = []
+        resampler = None
+        if astream is not None and want_audio:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=config.sample_rate)
+        targets = frame_targets(clip.duration, config.fps, config.max_frames) if want_frames else None
+        next_target = 0
+        n_video = 0
+        if vstream is not None and want_frames:
+            vstream.thread_type = "AUTO"
+        max_t = config.max_seconds
+        try:
+            for packet in container.demux(*streams):
+                for frame in packet.decode():
+                    t = frame.time
+                    if max_t is not None and t is not None and t >= max_t:
+                        continue
+                    if isinstance(frame, av.AudioFrame):
+                        for out in resampler.resample(frame):
+                            audio_parts.append(out.to_ndarray().reshape(-1))
+                        continue
+                    if t is None:  # no timestamp: assume constant rate
+                        rate = float(vstream.average_rate or 25)
+                        t = n_video / rate
+                    n_video += 1
+                    if targets is None:  # unknown duration: plain fps sampling, capped
+                        if len(frames) >= config.max_frames or t + 1e-6 < len(frames) / config.fps:
+                            continue
+                    else:
+                        if next_target >= len(targets) or t + 1e-6 < targets[next_target]:
+                            continue
+                        while next_target < len(targets) and targets[next_target] <= t + 1e-6:
+                            next_target += 1
+                    w, h = _resized(frame.width, frame.height, config.max_side)
+                    frames.append(frame.reformat(width=w, height=h, format="rgb24").to_ndarray())
+                    times.append(float(t))
+            if resampler is not None:
+                for out in resampler.resample(None):
+                    audio_parts.append(out.to_ndarray().reshape(-1))
+        except Exception as exc:
+            if not audio_parts and not frames:
+                raise DecodeError(f"decoding failed ({type(exc).__name__}: {exc})") from exc
+            clip.info["decode_warning"] = f"stopped early: {type(exc).__name__}: {exc}"
+    if want_audio and astream is not None:
+        audio = np.concatenate(audio_parts).astype(np.float32) if audio_parts else np.zeros(0, np.float32)
+        clip.audio = np.clip(audio, -1.0, 1.0)
+        seconds = len(audio) / config.sample_rate
+        if seconds < MIN_AUDIO_SECONDS:
+            clip.missing["audio"] = f"audio too short ({seconds:.3f} s < {MIN_AUDIO_SECONDS} s)"
+            clip.audio = None
+    if want_frames and vstream is not None:
+        if frames:
+            clip.frames = np.stack(frames)
+            clip.frame_times = np.asarray(times, dtype=np.float64)
+        else:
+            clip.missing["frames"] = "no video frame could be decoded"
+    return clip
+
+
+def _duration(container, astream, vstream) -> float | None:
+    if container.duration:
+        return container.duration / 1_000_000
+    for s in (vstream, astream):
+        if s is not None and s.duration and s.time_base:
+            return float(s.duration * s.time_base)
+    return None
+
+
+def _stream_info(astream, vstream, duration) -> dict:
+    info: dict = {"duration": duration}
+    if vstream is not None:
+        cc = vstream.codec_context
+        info["video"] = {"codec": cc.name, "width": cc.width, "height": cc.height,
+                         "fps": float(vstream.average_rate) if vstream.average_rate else None}
+    if astream is not None:
+        cc = astream.codec_context
+        info["audio"] = {"codec": cc.name, "sample_rate": cc.sample_rate, "channels": cc.channels}
+    return info
+
+
+def decode_config_dict(config: DecodeConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,217 @@
+"""Extractor base class, the registry of extractors, and the feature SPEC syntax.
+
+An extractor is a small class with a config dataclass, registered by name (lhotse's pattern)::
+
+    @register
+    class MyExtractor(Extractor):
+        name = "my-feature"; modality = "audio"; kind = "vector"; needs = ("audio",)
+        Config = MyConfig
+        def extract(self, clip): return Feature(data=...)
+
+SPEC syntax (``--features``): ``NAME`` or ``NAME:key=value[,key=value...]``; several SPECs are
+separated by commas too: a comma-separated token that has ``=`` before any ``:`` continues the
+options of the SPEC before it. Example::
+
+    librosa,egemaps,hf-audio:model=facebook/hubert-base-ls960,layers=all,hf-text:model=./my-bert
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import types
+import time
+import typing
+from dataclasses import asdict, dataclass, fields
+
+from .cache import Feature, config_hash
+from .media import Clip, DecodeConfig
+
+REGISTRY: dict[str, type["Extractor"]] = {}
+PROJECT_VERSION = "0.1.0"
+
+
+class SpecError(ValueError):
+    """A --features SPEC that cannot be understood (unknown extractor or option, bad value)."""
+
+
+class ExtractionError(Exception):
+    """An extractor cannot produce a value for this clip; the message is stored as the reason."""
+
+
+def register(cls: type["Extractor"]) -> type["Extractor"]:
+    if cls.name in REGISTRY:
+        raise ValueError(f"extractor {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class NoConfig:
+    pass
+
+
+class Extractor:
+    """Base class. Subclasses set the class attributes and implement :meth:`extract`."""
+
+    name: typing.ClassVar[str]
+    modality: typing.ClassVar[str]  # audio | face | visual | text | knowledge
+    kind: typing.ClassVar[str]  # vector | layers | series | record
+    needs: typing.ClassVar[tuple[str, ...]] = ()  # from media.NEEDS
+    version: typing.ClassVar[str] = "1"
+    Config: typing.ClassVar[type] = NoConfig
+    libraries: typing.ClassVar[tuple[str, ...]] = ("numpy",)
+    description: typing.ClassVar[str] = ""
+
+    def __init__(self, config=None, decode: DecodeConfig = DecodeConfig(), device: str = "cpu"):
+        self.config = config if config is not None else self.Config()
+        self.decode = decode
+        self.device = device
+        self.loaded = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load models/weights. Called once per worker process, before the first clip."""
+
+    def ensure_loaded(self) -> "Extractor":
+        if not self.loaded:
+            self.load()
+            self.loaded = True
+        return self
+
+    def extract(self, clip: Clip) -> Feature:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- identity and provenance -------------------------------------------------------------
+    def key_payload(self) -> dict:
+        """Everything that changes the output: name, version, config, relevant decode params."""
+        return {"extractor": self.name, "version": self.version, "config": asdict(self.config),
+                "decode": self.decode.for_needs(self.needs)}
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{config_hash(self.key_payload())}"
+
+    def model_provenance(self) -> dict:
+        """Model id and revision/checksum where known (neural extractors override)."""
+        return {}
+
+    def provenance(self) -> dict:
+        payload = self.key_payload()
+        return {
+            "key": self.key,
+            "extractor": self.name,
+            "extractor_version": self.version,
+            "modality": self.modality,
+            "kind": self.kind,
+            "config": payload["config"],
+            "decode": payload["decode"],
+            "config_hash": config_hash(payload),
+            "model": self.model_provenance(),
+            "libraries": library_versions(("numpy", "h5py", "av") + tuple(self.libraries)),
+            "python": platform.python_version(),
+            "toolkit_version": PROJECT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def library_versions(names) -> dict:
+    out = {}
+    for name in dict.fromkeys(names):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a --features value into SPECs (see the module docstring)."""
+    specs: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        colon, eq = token.find(":"), token.find("=")
+        continues = eq != -1 and (colon == -1 or eq < colon)
+        if continues:
+            if not specs:
+                raise SpecError(f"{token!r}: an option needs an extractor before it, e.g. librosa:{token}")
+            specs[-1] += ("," if ":" in specs[-1] else ":") + token
+        else:
+            specs.append(token)
+    return specs
+
+
+def _convert(value: str, typ, field_name: str, spec: str):
+    origin = typing.get_origin(typ)
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null", ""):
+            return None
+        typ = args[0]
+    try:
+        if typ is bool:
+            low = value.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return low in ("1", "true", "yes", "on")
+        if typ in (int, float, str):
+            return typ(value)
+    except ValueError:
+        raise SpecError(f"{spec}: option {field_name}={value!r} is not a valid {typ.__name__}") from None
+    return value
+
+
+def parse_spec(spec: str) -> tuple[type[Extractor], object]:
+    """``NAME[:k=v,...]`` -> (extractor class, config instance). Raises SpecError."""
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in REGISTRY:
+        raise SpecError(f"unknown extractor {name!r}; registered: {', '.join(sorted(REGISTRY))} "
+                        "(see `cli.py features`)")
+    cls = REGISTRY[name]
+    hints = typing.get_type_hints(cls.Config)
+    valid = {f.name for f in fields(cls.Config)}
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq:
+            raise SpecError(f"{spec}: option {item!r} must look like key=value")
+        if key not in valid:
+            raise SpecError(f"{spec}: unknown option {key!r} for {name}; options: {', '.join(sorted(valid)) or 'none'}")
+        kwargs[key] = _convert(value.strip(), hints[key], key, spec)
+    try:
+        config = cls.Config(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{spec}: {exc}") from None
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            raise SpecError(f"{spec}: {exc}") from None
+    return cls, config
+
+
+def build(spec: str, decode: DecodeConfig = DecodeConfig(), device: str = "cpu") -> Extractor:
+    cls, config = parse_spec(spec)
+    return cls(config, decode=decode, device=device)
+
+
+def describe(cls: type[Extractor]) -> dict:
+    defaults = {}
+    for f in fields(cls.Config):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            defaults[f.name] = f.default_factory()  # type: ignore[misc]
+    return {"name": cls.name, "modality": cls.modality, "kind": cls.kind, "needs": list(cls.needs),
+            "version": cls.version, "defaults": defaults, "description": cls.description}
+
+
+def load_all() -> dict[str, type[Extractor]]:
+    """Import every module that registers extractors; return the registry."""
+    from . import extractors  # noqa: F401  (registers on import)
+
+    return REGISTRY
