@@ -487,3 +487,28 @@ def compact(fs: FeatureSet, min_shards: int = 8) -> int:
     _fsync_dir(fs.path)
     fs.refresh()
     return len(shards)
+
+
+def put(cache_root: str | os.PathLike, name: str, kind: str, values: dict[str, Feature],
+        failures: dict[str, str] | None = None, meta: dict | None = None) -> str:
+    """Write a whole feature set in one go (synthetic caches, imports). Returns its key.
+
+    The key is ``<name>-<hash of meta>``; meta gets the usual fields (kind, dims, config_hash).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    meta = dict(meta or {})
+    meta.setdefault("extractor", name)
+    meta.setdefault("config", {})
+    payload = {"extractor": name, "config": meta["config"], "kind": kind}
+    meta["config_hash"] = config_hash(payload)
+    meta["kind"] = kind
+    key = meta["key"] = f"{name}-{meta['config_hash']}"
+    first = next(iter(values.values()), None)
+    if first is not None and kind != "record":
+        meta["dims"] = list(np.shape(first.data))
+    cache = FeatureCache(cache_root)
+    fs = cache.create(key, meta)
+    name_ = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-put{len(fs.shards()):05d}.h5"
+    write_shard(fs.path / name_, kind, list(values.items()), sorted((failures or {}).items()))
+    return key
