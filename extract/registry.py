@@ -92,6 +92,10 @@ class Extractor:
     def key(self) -> str:
         return f"{self.name}-{config_hash(self.key_payload())}"
 
+    def channels(self) -> list[str] | None:
+        """Names of the output channels (last axis), where they have names."""
+        return None
+
     def model_provenance(self) -> dict:
         """Model id and revision/checksum where known (neural extractors override)."""
         return {}
@@ -108,6 +112,7 @@ class Extractor:
             "decode": payload["decode"],
             "config_hash": config_hash(payload),
             "model": self.model_provenance(),
+            "channels": self.channels(),
             "libraries": library_versions(("numpy", "h5py", "av") + tuple(self.libraries)),
             "python": platform.python_version(),
             "toolkit_version": PROJECT_VERSION,
