@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import click
 
+from extract.cli_extract import cache_group, extract_cmd, features_cmd
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main():
@@ -13,6 +15,10 @@ def main():
     heads and a Mixture-of-Experts router on the cache, use unlabeled clips through consensus
     pseudo-labels, and write voted, re-ranked predictions (after "More Is Better", MER2025-SEMI)."""
 
+
+main.add_command(extract_cmd)
+main.add_command(features_cmd)
+main.add_command(cache_group)
 
 if __name__ == "__main__":
     main()

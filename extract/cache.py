@@ -453,40 +453,54 @@ def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) 
 
 
 def compact(fs: FeatureSet, min_shards: int = 8) -> int:
-    """Merge the small shards of a feature set into one (same atomic route). Returns shards merged."""
+    """Merge the small shards of a feature set into one (same atomic route). Returns shards merged.
+
+    Shards made by an earlier compaction are left as they are, so a re-run never rewrites the bulk
+    of a large cache; each run adds at most one compacted shard.
+    """
     import h5py
 
-    shards = fs.shards()
-    if len(shards) < min_shards:
+    small = [s for s in fs.shards() if not s.name.endswith("-compact.h5")]
+    if len(small) < min_shards:
         return 0
     fs.refresh()
-    done = sorted(fs.done_ids())
-    fails = sorted(fs.failures().items())
+    fs.done_ids()
+    small_set = set(small)
+    ids = sorted(cid for cid, (shard, _) in fs._index.items() if shard in small_set)
+    done = set(fs._index)
+    fails: dict[str, str] = {}
+    for shard in small:
+        with h5py.File(shard, "r") as f:
+            if "failed_ids" in f:
+                for cid, reason in zip(f["failed_ids"].asstr()[()], f["failed_reasons"].asstr()[()]):
+                    if cid not in done:
+                        fails[cid] = reason
     kind = fs.kind
-    batch = fs.read(done, missing="raise")
+    batch = fs.read(ids, missing="raise")
     items = []
-    for i, cid in enumerate(done):
+    for i, cid in enumerate(ids):
         if kind == "record":
             items.append((cid, Feature(record=batch.data[i])))
         elif kind == "series":
             n = int(batch.lengths[i])
-            items.append((cid, Feature(data=batch.data[i, :n], timestamps=batch.timestamps[i, :n], mask=batch.mask[i, :n])))
+            items.append((cid, Feature(data=batch.data[i, :n], timestamps=batch.timestamps[i, :n],
+                                       mask=batch.mask[i, :n])))
         else:
             items.append((cid, Feature(data=batch.data[i])))
-    if kind == "series":
-        with h5py.File(shards[0], "r") as f:
+    if kind == "series" and ids:
+        with h5py.File(fs._index[ids[0]][0], "r") as f:
             has_pooled = "pooled" in f
         if has_pooled:
-            pooled = fs.read(done, pooled=True).data
+            pooled = fs.read(ids, pooled=True).data
             for i, (_, feat) in enumerate(items):
                 feat.pooled = pooled[i]
     name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-compact.h5"
-    write_shard(fs.path / name, kind, items, fails, {"compacted_from": len(shards)})
-    for s in shards:
+    write_shard(fs.path / name, kind, items, sorted(fails.items()), {"compacted_from": len(small)})
+    for s in small:
         s.unlink(missing_ok=True)
     _fsync_dir(fs.path)
     fs.refresh()
-    return len(shards)
+    return len(small)
 
 
 def put(cache_root: str | os.PathLike, name: str, kind: str, values: dict[str, Feature],

@@ -1,0 +1,149 @@
+"""`extract`, `features` and `cache info` commands."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import click
+
+from . import media
+from .cache import CacheError, FeatureCache, FeatureSet
+from .defaults import DEFAULT_FEATURES
+from .registry import SpecError, build, describe, load_all, split_specs
+from .runner import UsageError, load_transcripts, resolve_device, run_extract
+
+FEATURES_HELP = f"""Feature SPECs, comma-separated. A SPEC is NAME or NAME:key=value[,key=value...];
+a token with '=' before any ':' continues the previous SPEC's options. Examples:
+'librosa,egemaps', 'hf-audio:model=TencentGameMate/chinese-hubert-large,chunk_seconds=20',
+'hf-text:model=./models/roberta'. Model ids or local paths both work. `cli.py features` lists
+extractors and options. Default: the offline set '{DEFAULT_FEATURES}'."""
+
+
+@click.command("extract")
+@click.argument("video_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--cache", "cache_dir", default="cache", show_default=True, help="Cache folder (HDF5 shards).")
+@click.option("--features", "features", multiple=True, help=FEATURES_HELP)
+@click.option("--transcripts", type=click.Path(dir_okay=False), default=None,
+              help="CSV with name,text (or MER's name,chinese,english with --text-column).")
+@click.option("--text-column", default=None, help="Transcript column to use (default: 'text').")
+@click.option("--fps", type=float, default=media.DecodeConfig.fps, show_default=True,
+              help="Frames sampled per second of video.")
+@click.option("--max-frames", type=int, default=media.DecodeConfig.max_frames, show_default=True,
+              help="Frame cap per clip; longer clips get this many frames spread evenly.")
+@click.option("--max-side", type=int, default=media.DecodeConfig.max_side, show_default=True,
+              help="Downscale frames so their longer side is at most this (pixels).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel worker processes (joblib).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Device for neural extractors (auto: cuda when present).")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any clip failed.")
+@click.option("--retry-failed", is_flag=True, help="Try again the clips recorded as failed.")
+@click.option("--flush-every", type=int, default=32, show_default=True,
+              help="Write a shard after this many results (also every 10 s); bounds the loss on a kill.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
+def extract_cmd(video_dir, cache_dir, features, transcripts, text_column, fps, max_frames, max_side, jobs,
+                device, strict, retry_failed, flush_every, progress):
+    """Decode every media file under VIDEO_DIR once and cache the requested features.
+
+    Re-running is cheap: cached clips are skipped without decoding; a new SPEC computes only that
+    feature set; a killed run resumes where it stopped.
+    """
+    load_all()
+    decode = media.DecodeConfig(fps=fps, max_frames=max_frames, max_side=max_side)
+    dev = resolve_device(device)
+    try:
+        specs = [s for value in (features or (DEFAULT_FEATURES,)) for s in split_specs(value)]
+        extractors = [build(s, decode=decode, device=dev) for s in specs]
+        texts = load_transcripts(transcripts, text_column) if transcripts else {}
+        summary = run_extract(video_dir, extractors, cache_dir, decode, texts, transcripts, jobs=jobs,
+                              retry_failed=retry_failed, flush_every=flush_every, progress=progress)
+    except (SpecError, UsageError) as exc:
+        raise click.UsageError(str(exc)) from None
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_summary(summary, extractors)
+    if summary.interrupted:
+        sys.exit(130)
+    # 0 when anything succeeded (or was already cached); 1 when every attempted clip failed or --strict
+    if (strict and summary.failures) or (summary.failures and not summary.any_success and not summary.skipped):
+        sys.exit(1)
+
+
+def _print_summary(s, extractors) -> None:
+    names = {ex.key: ex.name for ex in extractors}
+    click.echo(f"\n{s.clips} clips in {s.seconds:.1f} s: {s.skipped} already cached, {s.decoded} decoded"
+               + (" (interrupted: re-run to resume)" if s.interrupted else ""))
+    for key in s.keys:
+        click.echo(f"  {key:<28} {names.get(key, ''):<10} done {s.done[key]:>6}  failed {s.failed[key]:>5}")
+    if s.failures:
+        click.echo(f"{len(s.failures)} failures (id, feature set, reason):")
+        for cid, key, reason in s.failures[:20]:
+            click.echo(f"  {cid} [{key}]: {reason}")
+        if len(s.failures) > 20:
+            click.echo(f"  ... {len(s.failures) - 20} more: see `cli.py cache info --cache {s.cache} --failures`")
+    for note in s.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"cache: {s.cache}")
+
+
+@click.command("features")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def features_cmd(as_json):
+    """List every registered extractor: modality, output kind, needs and config defaults."""
+    rows = [describe(cls) for _, cls in sorted(load_all().items())]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        opts = ", ".join(f"{k}={v}" for k, v in r["defaults"].items()) or "(no options)"
+        click.echo(f"{r['name']:<12} {r['modality']:<9} {r['kind']:<7} needs {'+'.join(r['needs']) or '-':<12} "
+                   f"{r['description']}")
+        click.echo(f"{'':<12} options: {opts}")
+    click.echo(f"\ndefault set (extract with no --features): {DEFAULT_FEATURES}")
+
+
+@click.group("cache")
+def cache_group():
+    """Inspect a feature cache."""
+
+
+@cache_group.command("info")
+@click.option("--cache", "cache_dir", default="cache", show_default=True, help="Cache folder.")
+@click.option("--failures", "all_failures", is_flag=True, help="List every failure (default: first 10 per set).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (feature sets, counts, provenance, failures).")
+def cache_info(cache_dir, all_failures, as_json):
+    """Feature sets in the cache: counts, dims, provenance and failures."""
+    cache = FeatureCache(cache_dir)
+    keys = cache.keys()
+    if not keys:
+        raise click.ClickException(f"no feature sets in {cache_dir} (run `cli.py extract VIDEO_DIR --cache {cache_dir}`)")
+    report = []
+    for key in keys:
+        fs = FeatureSet(cache.root / key)
+        meta = fs.meta
+        report.append({"key": key, "extractor": meta.get("extractor"), "kind": fs.kind, "modality": meta.get("modality"),
+                       "clips": len(fs.done_ids()), "failed": fs.failures(), "dims": meta.get("dims"),
+                       "config": meta.get("config"), "decode": meta.get("decode"), "model": meta.get("model"),
+                       "libraries": meta.get("libraries"), "created": meta.get("created"),
+                       "shards": len(fs.shards())})
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(f"cache {cache_dir}: {len(keys)} feature sets, {len(cache.all_ids())} clip ids")
+    for r in report:
+        dims = "x".join(map(str, r["dims"])) if r["dims"] else "?"
+        click.echo(f"\n{r['key']}  ({r['extractor']}, {r['modality']}, {r['kind']} {dims})")
+        click.echo(f"  clips {r['clips']}, failed {len(r['failed'])}, shards {r['shards']}, created {r['created']}")
+        click.echo(f"  config {json.dumps(r['config'], sort_keys=True)}  decode {json.dumps(r['decode'], sort_keys=True)}")
+        if r["model"]:
+            click.echo(f"  model {json.dumps(r['model'], sort_keys=True)}")
+        libs = ", ".join(f"{k} {v}" for k, v in (r["libraries"] or {}).items() if v)
+        click.echo(f"  libraries {libs}")
+        fails = sorted(r["failed"].items())
+        if fails:
+            reasons = Counter(reason for _, reason in fails)
+            click.echo("  failures by cause: " + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(5)))
+            for cid, reason in fails if all_failures else fails[:10]:
+                click.echo(f"    {cid}: {reason}")
+            if not all_failures and len(fails) > 10:
+                click.echo(f"    ... {len(fails) - 10} more (--failures lists all)")

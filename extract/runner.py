@@ -1,0 +1,258 @@
+"""The extract loop: plan what is missing, decode each clip once, run every extractor on it, write.
+
+Workers (joblib, ``--jobs``) only decode and compute; the main process is the single writer of the
+cache (see extract/cache.py for why that survives SIGKILL). Results come back in clip order, so
+``--jobs 1`` and ``--jobs 2`` write the same values.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import media
+from .cache import Feature, FeatureCache, ShardWriter, compact
+from .registry import ExtractionError, Extractor
+
+# Workers keep their loaded extractors here, keyed by feature key: models load once per process.
+_LOADED: dict[str, Extractor] = {}
+
+
+class UsageError(Exception):
+    """Bad command-line input (missing folder, unknown extractor...): nothing was done."""
+
+
+@dataclass
+class Task:
+    id: str
+    path: str
+    needs: tuple[str, ...]
+    extractors: list[Extractor]
+    text: str | None = None
+    text_source: str | None = None
+
+
+@dataclass
+class Summary:
+    clips: int = 0
+    decoded: int = 0
+    skipped: int = 0  # clips with nothing left to do (all cached)
+    done: Counter = field(default_factory=Counter)  # per feature key
+    failed: Counter = field(default_factory=Counter)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (id, key, reason)
+    seconds: float = 0.0
+    cache: str = ""
+    keys: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def any_success(self) -> bool:
+        return sum(self.done.values()) > 0
+
+
+def load_transcripts(path: str | os.PathLike, text_column: str | None = None) -> dict[str, str]:
+    """name -> text from a CSV (``name,text``; MER's ``name,chinese,english`` with --text-column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"transcripts file {path} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        if "name" not in cols:
+            raise UsageError(f"{path}: needs a 'name' column (has: {', '.join(cols)})")
+        column = text_column or ("text" if "text" in cols else None)
+        if column is None or column not in cols:
+            others = [c for c in cols if c != "name"]
+            raise UsageError(f"{path}: no text column {text_column or 'text'!r}; pass --text-column, one of: "
+                             f"{', '.join(others)}")
+        return {row["name"].strip(): (row[column] or "") for row in reader}
+
+
+def transcript_for(cid: str, transcripts: dict[str, str]) -> str | None:
+    if cid in transcripts:
+        return transcripts[cid]
+    base = cid.rsplit("/", 1)[-1]
+    return transcripts.get(base)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _worker_setup(jobs: int) -> None:
+    """Share the cores between workers instead of oversubscribing them."""
+    if jobs > 1:
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+        except ImportError:
+            pass
+
+
+def process(task: Task, config: media.DecodeConfig, jobs: int = 1) -> dict:
+    """Decode one clip (only what its pending extractors need) and run them. Runs in a worker."""
+    _worker_setup(jobs)
+    out: dict = {"id": task.id, "decoded": False, "results": {}, "seconds": {}}
+    clip = None
+    t0 = time.perf_counter()
+    media_needs = tuple(n for n in task.needs if n != "text")
+    try:
+        if media_needs:
+            clip = media.decode(task.path, task.id, media_needs, config)
+            out["decoded"] = True
+        else:
+            clip = media.Clip(id=task.id, path=task.path)
+    except media.DecodeError as exc:
+        reason = f"decode failed: {exc}"
+        out["results"] = {ex.key: reason for ex in task.extractors}
+        return out
+    except Exception as exc:  # an unexpected decoder crash must not stop the run
+        reason = f"decode failed: {type(exc).__name__}: {exc}"
+        out["results"] = {ex.key: reason for ex in task.extractors}
+        return out
+    out["seconds"]["decode"] = time.perf_counter() - t0
+    clip.text, clip.text_source = task.text, task.text_source
+    if task.text is None:
+        clip.missing["text"] = "no transcript for this clip"
+    for ex in task.extractors:
+        t1 = time.perf_counter()
+        reason = clip.unavailable(ex.needs)
+        if reason is not None and not getattr(ex, "handles_missing", False):
+            out["results"][ex.key] = reason
+            continue
+        try:
+            loaded = _LOADED.setdefault(ex.key, ex).ensure_loaded()
+            feat = loaded.extract(clip)
+            if not isinstance(feat, Feature):
+                raise TypeError(f"{ex.name} returned {type(feat).__name__}, not Feature")
+            out["results"][ex.key] = feat
+        except ExtractionError as exc:
+            out["results"][ex.key] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad clip must never stop the run
+            out["results"][ex.key] = f"{ex.name} failed: {type(exc).__name__}: {exc}"
+        out["seconds"][ex.key] = time.perf_counter() - t1
+    return out
+
+
+def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCache, transcripts: dict[str, str],
+         retry_failed: bool, text_source: str) -> tuple[list[Task], int]:
+    """Tasks for the clips that still miss at least one feature set; count of fully cached clips."""
+    done = {}
+    failed = {}
+    for ex in extractors:
+        fs = cache.feature_set(ex.key)
+        done[ex.key] = fs.done_ids()
+        failed[ex.key] = set() if retry_failed else set(fs.failures())
+    tasks, skipped = [], 0
+    for cid in sorted(files):
+        pending = [ex for ex in extractors if cid not in done[ex.key] and cid not in failed[ex.key]]
+        if not pending:
+            skipped += 1
+            continue
+        needs = tuple(sorted({n for ex in pending for n in ex.needs}))
+        text = transcript_for(cid, transcripts)
+        tasks.append(Task(cid, str(files[cid]), needs, pending, text, text_source if text is not None else None))
+    return tasks, skipped
+
+
+def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decode_config=media.DecodeConfig(),
+                transcripts: dict[str, str] | None = None, transcripts_source: str | None = None, jobs: int = 1,
+                retry_failed: bool = False, flush_every: int = 32, flush_seconds: float = 10.0,
+                progress: bool = True, compact_min_shards: int = 16) -> Summary:
+    """Extract ``extractors`` for every media file under ``video_dir`` into ``cache_dir``."""
+    from tqdm.auto import tqdm
+    from joblib import Parallel, delayed
+
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise UsageError(f"video folder {video_dir} does not exist or is not a folder")
+    if not extractors:
+        raise UsageError("no extractor requested")
+    keys = [ex.key for ex in extractors]
+    if len(set(keys)) != len(keys):
+        raise UsageError("the same feature set is requested twice")
+    start = time.perf_counter()
+    summary = Summary(cache=str(cache_dir), keys=keys)
+    files, collisions = media.discover(video_dir)
+    summary.clips = len(files) + len(collisions)
+    transcripts = transcripts or {}
+    cache = FeatureCache(cache_dir)
+    with cache.lock():
+        writers: dict[str, ShardWriter] = {}
+        for ex in extractors:
+            fs = cache.create(ex.key, ex.provenance())
+            writers[ex.key] = ShardWriter(fs, ex.kind, {"source_dir": video_dir.name,
+                                                         "transcripts": transcripts_source or ""})
+        for cid, paths in sorted(collisions.items()):
+            reason = ("ambiguous clip id: " + " and ".join(p.name for p in paths)
+                      + " map to the same id; rename one of them")
+            for key, writer in writers.items():
+                if cid not in writer.fs.failures():
+                    writer.fail(cid, reason)
+                summary.failures.append((cid, key, reason))
+                summary.failed[key] += 1
+        tasks, summary.skipped = plan(files, extractors, cache, transcripts, retry_failed,
+                                      transcripts_source or "transcripts")
+        used = {transcript_for(cid, transcripts) is not None for cid in files}
+        if transcripts and True not in used:
+            summary.notes.append("no transcript row matched a clip id (names must be clip ids or file stems)")
+        last_flush = time.monotonic()
+        bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
+        try:
+            runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
+            for out in runner(delayed(process)(t, decode_config, jobs) for t in tasks):
+                summary.decoded += int(out["decoded"])
+                for key, value in out["results"].items():
+                    if isinstance(value, Feature):
+                        writers[key].add(out["id"], value)
+                        summary.done[key] += 1
+                    else:
+                        writers[key].fail(out["id"], value)
+                        summary.failed[key] += 1
+                        summary.failures.append((out["id"], key, value))
+                bar.update(1)
+                bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
+                pending = sum(len(w) for w in writers.values())
+                if pending >= flush_every or (pending and time.monotonic() - last_flush > flush_seconds):
+                    for w in writers.values():
+                        w.flush()
+                    last_flush = time.monotonic()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            bar.close()
+            for w in writers.values():  # whatever was computed is kept, even on Ctrl-C
+                w.flush()
+        if not summary.interrupted:
+            for w in writers.values():
+                compact(w.fs, min_shards=compact_min_shards)
+                _record_dims(cache, w)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _record_dims(cache: FeatureCache, writer: ShardWriter) -> None:
+    """Store the output shape in meta.json once known (from the first shard written)."""
+    import json
+
+    from .cache import _atomic_write_text
+
+    fs = writer.fs
+    meta = fs.meta
+    if meta.get("dims") or writer.dims is None:
+        return
+    meta["dims"] = list(writer.dims)
+    _atomic_write_text(fs.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+    fs._meta = None
