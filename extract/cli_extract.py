@@ -50,7 +50,7 @@ def extract_cmd(video_dir, cache_dir, features, transcripts, text_column, fps, m
     """
     load_all()
     decode = media.DecodeConfig(fps=fps, max_frames=max_frames, max_side=max_side)
-    dev = resolve_device(device)
+    dev = device  # "auto" is resolved where a model loads, so signal-only runs never import torch
     try:
         specs = [s for value in (features or (DEFAULT_FEATURES,)) for s in split_specs(value)]
         extractors = [build(s, decode=decode, device=dev) for s in specs]

@@ -48,6 +48,7 @@ class Summary:
     keys: list[str] = field(default_factory=list)
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    compute_seconds: Counter = field(default_factory=Counter)  # summed in workers: "decode" and per key
 
     @property
     def any_success(self) -> bool:
@@ -214,6 +215,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
             runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
             for out in runner(delayed(process)(t, decode_config, jobs) for t in tasks):
                 summary.decoded += int(out["decoded"])
+                summary.compute_seconds.update(out["seconds"])
                 for key, value in out["results"].items():
                     if isinstance(value, Feature):
                         writers[key].add(out["id"], value)
