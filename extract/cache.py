@@ -75,6 +75,7 @@ class Feature:
     mask: np.ndarray | None = None
     pooled: np.ndarray | None = None
     record: dict | None = None
+    source: str | None = None  # where the input came from (e.g. transcript "csv:t.csv", "asr:<key>")
 
 
 @dataclass
@@ -282,6 +283,18 @@ class FeatureSet:
             self._load_index()
         return dict(self._failures)
 
+    def sources(self) -> dict[str, str]:
+        """id -> input source, for feature sets that record one (text features: csv or asr)."""
+        import h5py
+
+        out: dict[str, str] = {}
+        for shard in self.shards():
+            with h5py.File(shard, "r") as f:
+                if "sources" in f:
+                    for cid, src in zip(f["ids"].asstr()[()], f["sources"].asstr()[()]):
+                        out.setdefault(cid, src)
+        return out
+
     def read(self, ids, missing: str = "mask", max_len: int | None = None, pooled: bool = False) -> FeatureBatch:
         """Values for ``ids`` in that order.
 
@@ -442,6 +455,9 @@ def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) 
                 f.create_dataset("mask", data=np.concatenate(masks))
                 if all(x.pooled is not None for _, x in items):
                     f.create_dataset("pooled", data=np.stack([np.asarray(x.pooled, np.float32) for _, x in items]))
+        if any(x.source for _, x in items):
+            f.create_dataset("sources", data=np.array([x.source or "" for _, x in items], dtype=object),
+                             dtype=_str_dtype())
         f.create_dataset("failed_ids", data=np.array([c for c, _ in fails], dtype=object), dtype=_str_dtype())
         f.create_dataset("failed_reasons", data=np.array([r for _, r in fails], dtype=object), dtype=_str_dtype())
         f.flush()
@@ -477,6 +493,7 @@ def compact(fs: FeatureSet, min_shards: int = 8) -> int:
                         fails[cid] = reason
     kind = fs.kind
     batch = fs.read(ids, missing="raise")
+    sources = fs.sources()
     items = []
     for i, cid in enumerate(ids):
         if kind == "record":
@@ -487,6 +504,8 @@ def compact(fs: FeatureSet, min_shards: int = 8) -> int:
                                        mask=batch.mask[i, :n])))
         else:
             items.append((cid, Feature(data=batch.data[i])))
+    for cid, feat in zip(ids, (x for _, x in items)):
+        feat.source = sources.get(cid)
     if kind == "series" and ids:
         with h5py.File(fs._index[ids[0]][0], "r") as f:
             has_pooled = "pooled" in f

@@ -118,6 +118,7 @@ def cache_info(cache_dir, all_failures, as_json):
     if not keys:
         raise click.ClickException(f"no feature sets in {cache_dir} (run `cli.py extract VIDEO_DIR --cache {cache_dir}`)")
     report = []
+    fs_sources = {}
     for key in keys:
         fs = FeatureSet(cache.root / key)
         meta = fs.meta
@@ -126,6 +127,7 @@ def cache_info(cache_dir, all_failures, as_json):
                        "config": meta.get("config"), "decode": meta.get("decode"), "model": meta.get("model"),
                        "libraries": meta.get("libraries"), "created": meta.get("created"),
                        "shards": len(fs.shards())})
+        fs_sources[key] = fs.sources()
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -139,6 +141,9 @@ def cache_info(cache_dir, all_failures, as_json):
             click.echo(f"  model {json.dumps(r['model'], sort_keys=True)}")
         libs = ", ".join(f"{k} {v}" for k, v in (r["libraries"] or {}).items() if v)
         click.echo(f"  libraries {libs}")
+        sources = Counter(fs_sources[r["key"]].values())
+        if sources:
+            click.echo("  inputs by source: " + ", ".join(f"{src} {n}" for src, n in sorted(sources.items())))
         fails = sorted(r["failed"].items())
         if fails:
             reasons = Counter(reason for _, reason in fails)

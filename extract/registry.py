@@ -58,6 +58,9 @@ class Extractor:
     modality: typing.ClassVar[str]  # audio | face | visual | text | knowledge
     kind: typing.ClassVar[str]  # vector | layers | series | record
     needs: typing.ClassVar[tuple[str, ...]] = ()  # from media.NEEDS
+    # what its output can feed to later extractors of the same clip: ("text",) for ASR, whose
+    # record["text"] becomes the transcript of clips that --transcripts does not cover
+    provides: typing.ClassVar[tuple[str, ...]] = ()
     version: typing.ClassVar[str] = "1"
     Config: typing.ClassVar[type] = NoConfig
     libraries: typing.ClassVar[tuple[str, ...]] = ("numpy",)

@@ -127,7 +127,8 @@ def process(task: Task, config: media.DecodeConfig, jobs: int = 1) -> dict:
     clip.text, clip.text_source = task.text, task.text_source
     if task.text is None:
         clip.missing["text"] = "no transcript for this clip"
-    for ex in task.extractors:
+    # extractors that provide text (ASR) run before those that read it
+    for ex in sorted(task.extractors, key=lambda e: "text" not in e.provides):
         t1 = time.perf_counter()
         reason = clip.unavailable(ex.needs)
         if reason is not None and not getattr(ex, "handles_missing", False):
@@ -138,6 +139,11 @@ def process(task: Task, config: media.DecodeConfig, jobs: int = 1) -> dict:
             feat = loaded.extract(clip)
             if not isinstance(feat, Feature):
                 raise TypeError(f"{ex.name} returned {type(feat).__name__}, not Feature")
+            if "text" in ex.needs and feat.source is None:
+                feat.source = clip.text_source
+            if "text" in ex.provides and clip.text is None and feat.record and feat.record.get("text") is not None:
+                clip.text, clip.text_source = feat.record["text"], f"asr:{ex.key}"
+                clip.missing.pop("text", None)
             out["results"][ex.key] = feat
         except ExtractionError as exc:
             out["results"][ex.key] = str(exc)
@@ -156,6 +162,7 @@ def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCach
         fs = cache.feature_set(ex.key)
         done[ex.key] = fs.done_ids()
         failed[ex.key] = set() if retry_failed else set(fs.failures())
+    cached_text = cached_transcripts(cache, files, transcripts)
     tasks, skipped = [], 0
     for cid in sorted(files):
         pending = [ex for ex in extractors if cid not in done[ex.key] and cid not in failed[ex.key]]
@@ -163,9 +170,32 @@ def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCach
             skipped += 1
             continue
         needs = tuple(sorted({n for ex in pending for n in ex.needs}))
-        text = transcript_for(cid, transcripts)
-        tasks.append(Task(cid, str(files[cid]), needs, pending, text, text_source if text is not None else None))
+        text, source = transcript_for(cid, transcripts), text_source
+        if text is None and cid in cached_text:
+            text, source = cached_text[cid]
+        tasks.append(Task(cid, str(files[cid]), needs, pending, text, source if text is not None else None))
     return tasks, skipped
+
+
+def cached_transcripts(cache: FeatureCache, files, transcripts) -> dict[str, tuple[str, str]]:
+    """Transcripts that text-providing extractors (ASR) already wrote to the cache, for the clips
+    that the transcripts CSV does not cover: id -> (text, "asr:<key>")."""
+    from .registry import REGISTRY
+
+    out: dict[str, tuple[str, str]] = {}
+    need = [cid for cid in files if transcript_for(cid, transcripts) is None]
+    if not need:
+        return out
+    for key in cache.keys():
+        fs = cache.feature_set(key)
+        cls = REGISTRY.get(fs.meta.get("extractor", ""))
+        if cls is None or "text" not in cls.provides or fs.kind != "record":
+            continue
+        batch = fs.read(need)
+        for cid, rec, ok in zip(need, batch.data, batch.present):
+            if ok and cid not in out and rec.get("text") is not None:
+                out[cid] = (rec["text"], f"asr:{key}")
+    return out
 
 
 def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decode_config=media.DecodeConfig(),
@@ -205,7 +235,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                 summary.failures.append((cid, key, reason))
                 summary.failed[key] += 1
         tasks, summary.skipped = plan(files, extractors, cache, transcripts, retry_failed,
-                                      transcripts_source or "transcripts")
+                                      f"csv:{Path(transcripts_source).name}" if transcripts_source else "csv")
         used = {transcript_for(cid, transcripts) is not None for cid in files}
         if transcripts and True not in used:
             summary.notes.append("no transcript row matched a clip id (names must be clip ids or file stems)")

@@ -1,0 +1,109 @@
+"""`hf-image`: any transformers image encoder (CLIP/SigLIP vision tower, DINOv2, ViT...) over the
+clip's frames: one embedding per frame kept as a series (T x D, with the frame timestamps) plus
+their mean as the pooled vector.
+
+``output`` chooses the per-frame embedding: ``projected`` = the joint image-text space of a dual
+encoder (CLIP ``get_image_features``), ``pooler`` = the vision tower's pooled output (DINOv2: the
+layer-normed CLS token), ``cls`` = the first token of the last layer, ``mean`` = the mean of all
+last-layer tokens; ``auto`` = projected when the model has a projection, else pooler, else cls.
+
+Frames go through the model in batches of ``batch_size`` (a GPU is used well). The encoding of a
+list of images is :meth:`HFImageExtractor.embed_images`, so other inputs (face crops of any size)
+can reuse it unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cache import Feature
+from ..registry import ExtractionError, register
+from .hf_common import HFExtractor, ModelLoadError, validate_common
+
+OUTPUTS = ("auto", "projected", "pooler", "cls", "mean")
+
+
+@dataclass
+class HFImageConfig:
+    model: str = "openai/clip-vit-base-patch32"  # hub id or local folder
+    revision: str | None = None  # hub branch, tag or commit
+    output: str = "auto"  # auto | projected | pooler | cls | mean (see the module docstring)
+    batch_size: int = 32  # frames per forward pass
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+
+    def validate(self):
+        validate_common(self)
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+
+@register
+class HFImageExtractor(HFExtractor):
+    name = "hf-image"
+    modality = "visual"
+    kind = "series"
+    needs = ("frames",)
+    Config = HFImageConfig
+    loaders = {"processor": "AutoImageProcessor", "model": "AutoModel"}
+    description = ("transformers image encoder (CLIP vision tower, DINOv2...) per frame: series T x dim with "
+                   "timestamps + pooled mean; output=auto|projected|pooler|cls|mean, batched frames")
+
+    def setup(self):
+        model = self.model
+        # a dual encoder (CLIPModel, SiglipModel) carries its vision tower as `vision_model`
+        self.tower = getattr(model, "vision_model", model)
+        projects = hasattr(model, "get_image_features") or hasattr(model, "visual_projection")
+        output = self.config.output
+        if output == "auto":
+            output = "projected" if projects else "pooler"
+        if output == "projected" and not projects:
+            raise ModelLoadError(f"output=projected: {self.config.model} has no image projection "
+                                 "(not a CLIP-like dual encoder); use output=pooler, cls or mean")
+        self.output = output
+
+    def extract(self, clip):
+        frames = clip.frames
+        if frames is None or len(frames) == 0:
+            raise ExtractionError(clip.missing.get("frames", "no frames"))
+        emb = self.embed_images(frames)
+        if clip.frame_times is not None and len(clip.frame_times) == len(emb):
+            times = np.asarray(clip.frame_times, dtype=np.float64)
+        else:
+            times = np.arange(len(emb), dtype=np.float64) / self.decode.fps
+        return Feature(data=emb, timestamps=times, mask=np.ones(len(emb), dtype=bool),
+                       pooled=emb.mean(axis=0).astype(np.float32))
+
+    def embed_images(self, images) -> np.ndarray:
+        """RGB uint8 images, a (N, H, W, 3) array or a list of (H, W, 3) arrays of any sizes -> (N, D)
+        float32 embeddings, computed in batches of ``batch_size``."""
+        out = []
+        for start in range(0, len(images), self.config.batch_size):
+            batch = [np.asarray(im) for im in images[start:start + self.config.batch_size]]
+            pixels = self.processor(images=batch, return_tensors="pt",
+                                    input_data_format="channels_last")["pixel_values"]
+            out.append(self._forward(self.to_device(pixels)))
+        return np.concatenate(out).astype(np.float32)
+
+    def _forward(self, pixels) -> np.ndarray:
+        with self.inference():
+            if self.output == "projected":
+                if hasattr(self.model, "get_image_features"):
+                    feats = self.model.get_image_features(pixel_values=pixels)
+                    # transformers >= 5 returns an output object whose pooler_output is the projection
+                    feats = feats if isinstance(feats, self._torch.Tensor) else feats.pooler_output
+                else:  # *WithProjection vision models
+                    feats = self.model(pixel_values=pixels).image_embeds
+            else:
+                out = self.tower(pixel_values=pixels)
+                hidden = out.last_hidden_state
+                pooler = getattr(out, "pooler_output", None)
+                if self.output == "pooler" and pooler is not None:
+                    feats = pooler
+                elif self.output == "mean":
+                    feats = hidden.mean(dim=1) if hidden.dim() == 3 else hidden.flatten(2).mean(dim=2)
+                else:  # cls, or pooler on a model without a pooled output
+                    feats = hidden[:, 0] if hidden.dim() == 3 else hidden.flatten(2).mean(dim=2)
+            return feats.float().reshape(len(pixels), -1).cpu().numpy()
