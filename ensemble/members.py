@@ -1,0 +1,345 @@
+"""Read RUN_DIRs (written by ``cli.py fit``, see the RUN_DIR contract) into aligned member arrays.
+
+A *member* is one probability source of one run: every expert, the fused expert and the routed
+output listed in the run's ``members.json``. Member names are prefixed with the run's folder name
+(``<run>/<member>``) so that several runs stay distinct.
+
+Two splits are built, each a ``Split`` with ``probs`` (members, ids, classes) and ``present``
+(members, ids):
+
+* **tuning** rows: labeled ids (union of the runs' ``labels.csv``) with their out-of-fold rows
+  (``oof/<member>.csv``). Ids that are also being predicted, and ids that came from a run's pseudo
+  label file, are left out: tuning never sees a row it predicts, nor a model's own guess as truth.
+* **target** rows: the ids to predict, by default every id of any member's ``test/<member>.csv``.
+  A member's value for a target id is its test row; if it has none but has an out-of-fold row for
+  that id (possible when runs were trained on different label sets), the out-of-fold row is used:
+  it came from a model that never saw the id.
+
+A member without a row for an id (its modality is missing for that clip) is marked absent there;
+the vote uses the members that are present.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PROB_TOL = 1e-3  # |row sum - 1| above this is renormalised and counted
+
+
+class RunDirError(ValueError):
+    """A RUN_DIR that does not follow the contract (message names the file and what to do)."""
+
+
+@dataclass
+class Member:
+    name: str  # "<run>/<member>"
+    run: str
+    member: str
+    kind: str  # expert | fused | routed
+    feature: str | None = None
+
+
+@dataclass
+class RunDir:
+    path: Path
+    name: str
+    classes: list[str]
+    labels: dict[str, str]
+    members: list[dict]
+    config: dict
+    pseudo_ids: set[str] = field(default_factory=set)
+
+    def csv(self, split: str, member: str) -> Path:
+        return self.path / split / f"{member}.csv"
+
+    def provenance(self) -> dict:
+        cfg = self.config or {}
+        keep = {k: cfg[k] for k in ("created", "toolkit_version", "version", "features", "feature_keys", "model",
+                                    "folds", "seeds", "cache", "pseudo", "pseudo_file") if k in cfg}
+        return {"path": str(self.path), "name": self.name, "classes": self.classes, "n_labels": len(self.labels),
+                "members": [m["member"] for m in self.members], **keep}
+
+
+@dataclass
+class Split:
+    """Probabilities of every member over one list of ids. Absent rows are NaN and present=False."""
+
+    ids: list[str]
+    probs: np.ndarray  # (M, N, C) float32
+    present: np.ndarray  # (M, N) bool
+
+    def take(self, rows) -> "Split":
+        rows = np.asarray(rows)
+        return Split([self.ids[i] for i in rows], self.probs[:, rows], self.present[:, rows])
+
+    def select_members(self, idx) -> "Split":
+        idx = np.asarray(idx)
+        return Split(self.ids, self.probs[idx], self.present[idx])
+
+
+@dataclass
+class MemberSet:
+    runs: list[RunDir]
+    classes: list[str]
+    members: list[Member]
+    tuning: Split
+    y: np.ndarray  # (N_tuning,) class index of every tuning row
+    target: Split
+    notes: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+
+# -- reading one RUN_DIR ---------------------------------------------------------------------------
+
+def _read_json(path: Path, what: str):
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: {what}. Is {path.parent} a RUN_DIR written by `cli.py fit`?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}); re-run `cli.py fit` or fix the file") from exc
+
+
+def read_labels_csv(path: Path, classes: list[str] | None = None, notes: list[str] | None = None) -> dict[str, str]:
+    """``name,discrete[,...]`` -> {name: label}. Rows with an unknown class are skipped and noted."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"labels file {path} does not exist")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises several parser errors
+        raise RunDirError(f"{path} cannot be read as CSV ({exc})") from exc
+    missing = [c for c in ("name", "discrete") if c not in df.columns]
+    if missing:
+        raise RunDirError(f"{path} has no column {', '.join(missing)}; expected header `name,discrete`")
+    out: dict[str, str] = {}
+    bad = []
+    for name, label in zip(df["name"].str.strip(), df["discrete"].str.strip()):
+        if not name:
+            continue
+        if classes is not None and label not in classes:
+            bad.append(name)
+            continue
+        out[name] = label
+    if bad and notes is not None:
+        notes.append(f"{path}: {len(bad)} rows with a label outside the classes were skipped (first: {bad[:3]})")
+    return out
+
+
+def peek_classes(path) -> list[str]:
+    """The class order of a RUN_DIR (cheap: reads classes.json only). Used to validate rules first."""
+    classes = _read_json(Path(path) / "classes.json", "the class order of the probability columns")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise RunDirError(f"{Path(path) / 'classes.json'} must be a non-empty JSON list of class names")
+    if len(set(classes)) != len(classes):
+        raise RunDirError(f"{Path(path) / 'classes.json'} lists a class twice: {classes}")
+    return classes
+
+
+def _pseudo_ids(run_path: Path, config: dict, notes: list[str]) -> set[str]:
+    """Ids that came from the run's pseudo-label file (config keys containing 'pseudo' naming a CSV)."""
+    out: set[str] = set()
+    for key, value in (config or {}).items():
+        if "pseudo" not in str(key).lower() or not isinstance(value, str) or not value:
+            continue
+        p = Path(value)
+        if not p.is_absolute() and not p.exists():
+            p = run_path / value
+        if p.is_file() and p.suffix.lower() == ".csv":
+            import pandas as pd
+
+            try:
+                out.update(pd.read_csv(p, dtype=str, usecols=["name"])["name"].str.strip())
+            except Exception as exc:
+                notes.append(f"{run_path}/config.yaml names pseudo-label file {p} but it cannot be read ({exc})")
+        elif value:
+            notes.append(f"{run_path}/config.yaml names pseudo-label file {value} which is not here; "
+                         "its ids cannot be left out of tuning")
+    return out
+
+
+def load_run_dir(path, notes: list[str] | None = None) -> RunDir:
+    import yaml
+
+    notes = notes if notes is not None else []
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"RUN_DIR {path} does not exist (give folders written by `cli.py fit`)")
+    classes = peek_classes(path)
+    members = _read_json(path / "members.json", "the list of members of the run")
+    if not isinstance(members, list) or not members:
+        raise RunDirError(f"{path / 'members.json'} must be a non-empty JSON list of members")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or not isinstance(m.get("member"), str) or not m.get("member"):
+            raise RunDirError(f"{path / 'members.json'} entry {i} has no 'member' name: {m!r}")
+    names = [m["member"] for m in members]
+    if len(set(names)) != len(names):
+        raise RunDirError(f"{path / 'members.json'} names a member twice: {names}")
+    config: dict = {}
+    cfg_path = path / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            notes.append(f"{cfg_path} is not valid YAML ({exc}); provenance of this run is incomplete")
+    else:
+        notes.append(f"{cfg_path} is missing; provenance of this run is incomplete")
+    labels = read_labels_csv(path / "labels.csv", classes, notes) if (path / "labels.csv").is_file() else {}
+    if not labels:
+        notes.append(f"{path / 'labels.csv'} is missing or empty: this run adds no tuning rows")
+    return RunDir(path=path, name=path.resolve().name, classes=classes, labels=labels, members=members,
+                  config=config if isinstance(config, dict) else {}, pseudo_ids=_pseudo_ids(path, config, notes))
+
+
+def read_probs(path: Path, classes: list[str], notes: list[str]) -> tuple[list[str], np.ndarray]:
+    """One ``name,<class>...`` probability CSV -> (ids, (n, C) float32) in ``classes`` order.
+
+    Rows with non-finite or negative values are dropped; rows not summing to 1 are renormalised;
+    both are counted in ``notes``. A header that does not match the classes is an error.
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, dtype={"name": str}, keep_default_na=False, na_values=[""], engine="c")
+    except Exception as exc:
+        raise RunDirError(f"{path} cannot be read as CSV ({exc}); re-run `cli.py fit`") from exc
+    cols = list(df.columns)
+    if not cols or cols[0] != "name" or sorted(cols[1:]) != sorted(classes):
+        raise RunDirError(f"{path} has header {','.join(map(str, cols))} but classes.json says "
+                          f"name,{','.join(classes)}; the RUN_DIR is inconsistent: re-run `cli.py fit`")
+    ids = df["name"].astype(str).str.strip().tolist()
+    try:
+        p = df[classes].to_numpy(dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise RunDirError(f"{path} has a non-numeric probability ({exc}); re-run `cli.py fit`") from exc
+    ok = np.isfinite(p).all(axis=1) & (p >= 0).all(axis=1)
+    sums = p.sum(axis=1)
+    ok &= sums > 0
+    if not ok.all():
+        bad = [ids[i] for i in np.flatnonzero(~ok)]
+        notes.append(f"{path}: {len(bad)} rows with missing, negative or all-zero probabilities were dropped "
+                     f"(first: {bad[:3]})")
+    off = ok & (np.abs(sums - 1) > PROB_TOL)
+    if off.any():
+        notes.append(f"{path}: {int(off.sum())} rows did not sum to 1 and were renormalised")
+    p = (p[ok] / sums[ok, None]).astype(np.float32)
+    ids = [i for i, keep in zip(ids, ok) if keep]
+    if len(set(ids)) != len(ids):
+        notes.append(f"{path}: duplicate ids; the last row of each is used")
+    return ids, p
+
+
+# -- all RUN_DIRs -> MemberSet ---------------------------------------------------------------------
+
+def _run_names(runs: list[RunDir]) -> None:
+    resolved = [r.path.resolve() for r in runs]
+    if len(set(resolved)) != len(resolved):
+        dup = next(str(p) for p in resolved if resolved.count(p) > 1)
+        raise RunDirError(f"RUN_DIR {dup} is given twice")
+    for depth in range(1, 6):
+        names = ["/".join(p.parts[-depth:]) for p in resolved]
+        if len(set(names)) == len(names):
+            break
+    for r, n in zip(runs, names):
+        r.name = n
+
+
+def _fill(ids_index: dict[str, int], ids: list[str], p: np.ndarray, out_p: np.ndarray, out_present: np.ndarray,
+          only_missing: bool = False) -> None:
+    rows = np.fromiter((ids_index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+    keep = rows >= 0
+    if only_missing:
+        keep &= ~out_present[np.where(keep, rows, 0)]
+    out_p[rows[keep]] = p[keep]
+    out_present[rows[keep]] = True
+
+
+def load_members(run_dirs, target_ids: list[str] | None = None, progress: bool = False) -> MemberSet:
+    """Read RUN_DIRs into a MemberSet (see module docstring for the tuning/target rows)."""
+    from tqdm import tqdm
+
+    notes: list[str] = []
+    if not run_dirs:
+        raise RunDirError("give at least one RUN_DIR")
+    runs = [load_run_dir(p, notes) for p in run_dirs]
+    _run_names(runs)
+    classes = runs[0].classes
+    for r in runs[1:]:
+        if sorted(r.classes) != sorted(classes):
+            raise RunDirError(f"{r.path / 'classes.json'} has classes {r.classes} but {runs[0].path / 'classes.json'} "
+                              f"has {classes}: runs to combine must share their classes")
+    members = [Member(f"{r.name}/{m['member']}", r.name, m["member"], str(m.get("kind", "expert")), m.get("feature"))
+               for r in runs for m in r.members]
+
+    # labels: union over runs; a conflict is an error (both files named)
+    labels: dict[str, str] = {}
+    source: dict[str, Path] = {}
+    for r in runs:
+        for name, lab in r.labels.items():
+            if name in labels and labels[name] != lab:
+                raise RunDirError(f"id {name} is '{labels[name]}' in {source[name] / 'labels.csv'} but '{lab}' in "
+                                  f"{r.path / 'labels.csv'}: runs to combine must agree on their labels")
+            labels[name] = lab
+            source.setdefault(name, r.path)
+    pseudo = set().union(*(r.pseudo_ids for r in runs))
+
+    # read every member's CSVs once
+    oof_data, test_data = [], []
+    it = tqdm(list(zip(members, [r for r in runs for _ in r.members])), desc="reading members", unit="member",
+              disable=not progress, leave=False)
+    for mem, run in it:
+        for split, store in (("oof", oof_data), ("test", test_data)):
+            path = run.csv(split, mem.member)
+            if path.is_file():
+                store.append(read_probs(path, classes, notes))
+            else:
+                if split == "oof" or mem.kind != "expert":
+                    notes.append(f"{path} is missing: member {mem.name} has no {split} rows")
+                store.append(([], np.zeros((0, len(classes)), np.float32)))
+
+    if target_ids is None:
+        tgt = sorted(set().union(*(set(ids) for ids, _ in test_data)))
+    else:
+        tgt = list(dict.fromkeys(target_ids))
+    tgt_set = set(tgt)
+    tuning_ids = sorted(n for n in labels if n not in tgt_set and n not in pseudo)
+    excluded_target = sum(1 for n in labels if n in tgt_set)
+    M, C = len(members), len(classes)
+
+    def empty(n):
+        return np.full((M, n, C), np.nan, np.float32), np.zeros((M, n), bool)
+
+    t_probs, t_present = empty(len(tgt))
+    u_probs, u_present = empty(len(tuning_ids))
+    t_index = {n: i for i, n in enumerate(tgt)}
+    u_index = {n: i for i, n in enumerate(tuning_ids)}
+    for m in range(M):
+        ids, p = test_data[m]
+        _fill(t_index, ids, p, t_probs[m], t_present[m])
+        ids, p = oof_data[m]
+        _fill(u_index, ids, p, u_probs[m], u_present[m])
+        _fill(t_index, ids, p, t_probs[m], t_present[m], only_missing=True)
+    keep = u_present.any(axis=0)
+    if not keep.all():
+        notes.append(f"{int((~keep).sum())} labeled ids have no out-of-fold row in any member and are not used "
+                     "for tuning")
+        u_probs, u_present = u_probs[:, keep], u_present[:, keep]
+        tuning_ids = [n for n, k in zip(tuning_ids, keep) if k]
+    cidx = {c: i for i, c in enumerate(classes)}
+    y = np.array([cidx[labels[n]] for n in tuning_ids], dtype=np.int64)
+    counts = {"runs": len(runs), "members": M, "tuning_rows": len(tuning_ids), "target_rows": len(tgt),
+              "labeled_ids": len(labels), "labeled_ids_predicted": excluded_target,
+              "pseudo_ids_left_out": len(pseudo & set(labels)),
+              "target_rows_without_member": int((~t_present.any(axis=0)).sum()) if len(tgt) else 0}
+    return MemberSet(runs=runs, classes=classes, members=members,
+                     tuning=Split(tuning_ids, u_probs, u_present), y=y,
+                     target=Split(tgt, t_probs, t_present), notes=notes, counts=counts)

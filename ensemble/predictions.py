@@ -1,0 +1,106 @@
+"""The predictions CSV (MER submission format ``name,discrete``), its sidecars, and reading them back.
+
+``<out>.csv``          exactly the header ``name,discrete``, one row per predicted id, sorted by name.
+``<out>.details.csv``  name, discrete, vote (label before the rules), n_members (members present),
+                       margin (final score of the label minus the best other), changed_by (rules that
+                       changed the row, ';'-joined), prob_<class> (final per-class scores).
+``<out>.meta.json``    provenance: runs, members and weights, vote, rules (as applied, with tuned
+                       thresholds), annotator, what was tuned on, counts and changes per rule.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+HEADER = ["name", "discrete"]
+
+
+class PredictionsError(ValueError):
+    pass
+
+
+def sidecar_paths(out) -> dict[str, Path]:
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix.lower() == ".csv" else out
+    return {"details": Path(f"{stem}.details.csv"), "meta": Path(f"{stem}.meta.json")}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        write(fh)
+    os.replace(tmp, path)
+
+
+def write_predictions(out, ids, labels, classes, result=None, meta: dict | None = None) -> dict[str, Path]:
+    """Write the predictions CSV (+ details and meta sidecars when ``result``/``meta`` are given)."""
+    out = Path(out)
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    names = [classes[i] for i in labels]
+
+    def main(fh):
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(HEADER)
+        w.writerows((ids[i], names[i]) for i in order)
+
+    _atomic_write(out, main)
+    paths = {"predictions": out, **sidecar_paths(out)}
+    if result is not None:
+        final = result.final
+        changed = result.changed_by()
+        n = len(ids)
+        cur = final.scores[np.arange(n), final.labels] if n else np.zeros(0)
+        other = final.scores.copy()
+        if n:
+            other[np.arange(n), final.labels] = -np.inf
+        margin = cur - other.max(axis=1) if n and len(classes) > 1 else cur
+
+        def details(fh):
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(HEADER + ["vote", "n_members", "margin", "changed_by"] + [f"prob_{c}" for c in classes])
+            for i in order:
+                w.writerow([ids[i], names[i], classes[result.vote.labels[i]], int(result.vote.n_members[i]),
+                            f"{margin[i]:.6f}", changed[i]] + [f"{x:.6f}" for x in final.scores[i]])
+
+        _atomic_write(paths["details"], details)
+    if meta is not None:
+        _atomic_write(paths["meta"], lambda fh: json.dump(meta, fh, indent=2, default=str))
+    return paths
+
+
+def read_predictions(path) -> dict[str, str]:
+    """``name,discrete`` -> {name: label}; a missing column or a duplicate id is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsError(f"predictions file {path} does not exist")
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != HEADER:
+            raise PredictionsError(f"{path} has header {header}; expected `name,discrete`")
+        out: dict[str, str] = {}
+        for lineno, row in enumerate(reader, 2):
+            if not row or not row[0].strip():
+                continue
+            if len(row) < 2:
+                raise PredictionsError(f"{path}:{lineno}: row {row} has no label")
+            name = row[0].strip()
+            if name in out:
+                raise PredictionsError(f"{path}:{lineno}: id {name} appears twice")
+            out[name] = row[1].strip()
+    return out
+
+
+def read_meta(predictions_path) -> dict | None:
+    p = sidecar_paths(predictions_path)["meta"]
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
