@@ -171,7 +171,8 @@ def validate_common(config) -> None:
                          f"({', '.join(ALIASES)})")
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {config.dtype!r}")
-    if config.revision is not None and (config.model in ALIASES or looks_like_path(config.model)):
+    local = config.model in ALIASES or looks_like_path(config.model) or Path(config.model).expanduser().exists()
+    if config.revision is not None and local:
         raise ValueError("revision only applies to hub ids, not to a local folder or an alias")
 
 
