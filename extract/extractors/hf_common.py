@@ -199,19 +199,19 @@ def load_pretrained(ref: ModelRef, loaders: dict, what: str) -> dict:
     A hub id is looked up in the local cache first (no network); only when it is not there is it
     downloaded, and a failure names the model and says how to get it on an offline machine.
     """
-    def load_all(**kw):
+    def from_pretrained(**kw):
         with _quiet_loading():
             return {name: cls.from_pretrained(ref.target, **kw) for name, cls in loaders.items()}
 
     if ref.hub_id is None:
         try:
-            return load_all()
+            return from_pretrained()
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load {what} model from folder {ref.target}: {exc}") from exc
     kw = {"revision": ref.revision} if ref.revision else {}
     kw["cache_dir"] = hub_cache_dir()
     try:
-        return load_all(local_files_only=True, **kw)
+        return from_pretrained(local_files_only=True, **kw)
     except (OSError, ValueError) as exc:
         cached_error = exc
     how = (f"Download it where there is internet (`hf download {ref.hub_id}` or "
@@ -221,7 +221,7 @@ def load_pretrained(ref: ModelRef, loaders: dict, what: str) -> dict:
         raise ModelLoadError(f"{what} model {ref.hub_id!r} is not a local folder and is not in the Hugging Face "
                              f"cache {hub_cache_dir()} (offline mode: no download tried; {cached_error}). {how}")
     try:
-        return load_all(**kw)
+        return from_pretrained(**kw)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{what} model {ref.hub_id!r} is not a local folder, not in the Hugging Face cache "
                              f"{hub_cache_dir()}, and could not be downloaded ({exc}). {how}") from exc
