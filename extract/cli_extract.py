@@ -11,7 +11,7 @@ from . import media
 from .cache import CacheError, FeatureCache, FeatureSet
 from .defaults import DEFAULT_FEATURES
 from .registry import SpecError, build, describe, load_all, split_specs
-from .runner import UsageError, load_transcripts, resolve_device, run_extract
+from .runner import UsageError, load_transcripts, run_extract
 
 FEATURES_HELP = f"""Feature SPECs, comma-separated. A SPEC is NAME or NAME:key=value[,key=value...];
 a token with '=' before any ':' continues the previous SPEC's options. Examples:
@@ -34,6 +34,8 @@ extractors and options. Default: the offline set '{DEFAULT_FEATURES}'."""
 @click.option("--max-side", type=int, default=media.DecodeConfig.max_side, show_default=True,
               help="Downscale frames so their longer side is at most this (pixels).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Parallel worker processes (joblib).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch threads per worker. Values are identical across --jobs for a given --threads.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Device for neural extractors (auto: cuda when present).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any clip failed.")
@@ -42,7 +44,7 @@ extractors and options. Default: the offline set '{DEFAULT_FEATURES}'."""
               help="Write a shard after this many results (also every 10 s); bounds the loss on a kill.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
 def extract_cmd(video_dir, cache_dir, features, transcripts, text_column, fps, max_frames, max_side, jobs,
-                device, strict, retry_failed, flush_every, progress):
+                threads, device, strict, retry_failed, flush_every, progress):
     """Decode every media file under VIDEO_DIR once and cache the requested features.
 
     Re-running is cheap: cached clips are skipped without decoding; a new SPEC computes only that
@@ -56,7 +58,7 @@ def extract_cmd(video_dir, cache_dir, features, transcripts, text_column, fps, m
         extractors = [build(s, decode=decode, device=dev) for s in specs]
         texts = load_transcripts(transcripts, text_column) if transcripts else {}
         summary = run_extract(video_dir, extractors, cache_dir, decode, texts, transcripts, jobs=jobs,
-                              retry_failed=retry_failed, flush_every=flush_every, progress=progress)
+                              threads=threads, retry_failed=retry_failed, flush_every=flush_every, progress=progress)
     except (SpecError, UsageError) as exc:
         raise click.UsageError(str(exc)) from None
     except CacheError as exc:

@@ -82,6 +82,13 @@ class Extractor:
             self.loaded = True
         return self
 
+    def preflight(self, load: bool) -> None:
+        """Checked in the main process before any clip: raise if this extractor cannot work
+        (e.g. its model is missing). ``load`` is True when the main process is also the worker,
+        so loading here costs nothing extra and provenance (revision) is known before meta.json."""
+        if load:
+            self.ensure_loaded()
+
     def extract(self, clip: Clip) -> Feature:  # pragma: no cover - abstract
         raise NotImplementedError
 

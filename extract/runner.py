@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,31 +81,17 @@ def transcript_for(cid: str, transcripts: dict[str, str]) -> str | None:
     return transcripts.get(base)
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+def _set_threads(threads: int) -> None:
+    """Give torch a fixed number of intra-op threads per worker. CPU reductions depend on the
+    thread count, so a fixed count (not cores // jobs) keeps values identical whatever --jobs is.
+    Only done once a model has imported torch: signal-only runs never pay for importing it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
-def _worker_setup(jobs: int) -> None:
-    """Share the cores between workers instead of oversubscribing them."""
-    if jobs > 1:
-        try:
-            import torch
-
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-        except ImportError:
-            pass
-
-
-def process(task: Task, config: media.DecodeConfig, jobs: int = 1) -> dict:
+def process(task: Task, config: media.DecodeConfig, threads: int = 1) -> dict:
     """Decode one clip (only what its pending extractors need) and run them. Runs in a worker."""
-    _worker_setup(jobs)
     out: dict = {"id": task.id, "decoded": False, "results": {}, "seconds": {}}
     clip = None
     t0 = time.perf_counter()
@@ -136,6 +123,7 @@ def process(task: Task, config: media.DecodeConfig, jobs: int = 1) -> dict:
             continue
         try:
             loaded = _LOADED.setdefault(ex.key, ex).ensure_loaded()
+            _set_threads(threads)
             feat = loaded.extract(clip)
             if not isinstance(feat, Feature):
                 raise TypeError(f"{ex.name} returned {type(feat).__name__}, not Feature")
@@ -200,6 +188,7 @@ def cached_transcripts(cache: FeatureCache, files, transcripts) -> dict[str, tup
 
 def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decode_config=media.DecodeConfig(),
                 transcripts: dict[str, str] | None = None, transcripts_source: str | None = None, jobs: int = 1,
+                threads: int = 1,
                 retry_failed: bool = False, flush_every: int = 32, flush_seconds: float = 10.0,
                 progress: bool = True, compact_min_shards: int = 16) -> Summary:
     """Extract ``extractors`` for every media file under ``video_dir`` into ``cache_dir``."""
@@ -214,6 +203,11 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     keys = [ex.key for ex in extractors]
     if len(set(keys)) != len(keys):
         raise UsageError("the same feature set is requested twice")
+    for ex in extractors:  # a model that cannot load is a usage error, found before any work
+        try:
+            ex.preflight(load=jobs == 1)
+        except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
+            raise UsageError(f"{ex.name} ({ex.key}) cannot start: {exc}") from exc
     start = time.perf_counter()
     summary = Summary(cache=str(cache_dir), keys=keys)
     files, collisions = media.discover(video_dir)
@@ -243,7 +237,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         try:
             runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
-            for out in runner(delayed(process)(t, decode_config, jobs) for t in tasks):
+            for out in runner(delayed(process)(t, decode_config, threads) for t in tasks):
                 summary.decoded += int(out["decoded"])
                 summary.compute_seconds.update(out["seconds"])
                 for key, value in out["results"].items():

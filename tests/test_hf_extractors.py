@@ -380,3 +380,40 @@ def test_cli_extract_with_tiny_models(hubert_dir, bert_dir, dino_dir, tmp_path):
     assert meta["model"]["checksum"] == folder_checksum(hubert_dir) and meta["model"]["source"] == "local"
     assert json.loads(json.dumps(meta))["config"]["chunk_seconds"] == 1.0
     assert math.isfinite(float(np.nanmax(aud.data)))
+
+
+def test_jobs_1_and_2_identical_for_neural_extractors(hubert_dir, dino_dir, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from extract.synth import make_clip
+
+    videos = tmp_path / "videos"
+    for i in range(4):
+        make_clip(videos / f"v{i}.mp4", seconds=1.0, size=(40, 48), seed=i, freq=150 + 40 * i)
+    specs = f"hf-audio:model={hubert_dir},hf-image:model={dino_dir}"
+    values = {}
+    for jobs in ("1", "2"):
+        cache = tmp_path / f"cache{jobs}"
+        res = CliRunner().invoke(cli.main, ["extract", str(videos), "--cache", str(cache), "--features", specs,
+                                            "--jobs", jobs, "--max-frames", "3", "--no-progress"],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        c = FeatureCache(cache)
+        values[jobs] = {k: c.read(k, [f"v{i}" for i in range(4)]).data for k in c.keys()}
+    assert values["1"].keys() == values["2"].keys()
+    for k in values["1"]:
+        assert np.array_equal(values["1"][k], values["2"][k]), k
+
+
+def test_missing_model_is_a_usage_error_before_any_clip(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from extract.synth import make_clip
+
+    make_clip(tmp_path / "v" / "a.mp4", seconds=0.5, size=(32, 32))
+    res = CliRunner().invoke(cli.main, ["extract", str(tmp_path / "v"), "--cache", str(tmp_path / "c"),
+                                        "--features", f"hf-audio:model={tmp_path / 'no-such-model'}", "--no-progress"])
+    assert res.exit_code == 2 and "no-such-model" in res.output and "does not exist" in res.output
+    assert not (tmp_path / "c").exists() or FeatureCache(tmp_path / "c").keys() == []

@@ -256,6 +256,10 @@ class HFExtractor(Extractor):
             self._ref = resolve_model(self.config.model, self.config.revision)
         return self._ref
 
+    def preflight(self, load: bool) -> None:
+        self.model_ref()  # a missing folder or alias fails here, before any clip
+        super().preflight(load)
+
     def weights_id(self) -> str | None:
         """Checksum of a local model folder (part of the key); None for hub models, whose identity is
         the id + requested revision already in the config. Memoised on the instance, so the key
