@@ -40,7 +40,14 @@ class Annotator:
     problems: list[str] = field(default_factory=list)  # "file:line: reason"
 
     def align(self, ids, classes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For ``ids``: (class index or -1, confidence or NaN, answered-but-outside-classes flag)."""
+        """For ``ids``: (class index or -1, confidence or NaN, answered-but-outside-classes flag).
+
+        The last result is remembered for the same ``ids`` object (rules call this once per
+        threshold candidate while tuning)."""
+        key = (id(ids), len(ids), tuple(classes))
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == key and memo[1] is ids:
+            return memo[2]
         cidx = {c.lower(): i for i, c in enumerate(classes)}
         lab = np.full(len(ids), -1, np.int64)
         conf = np.full(len(ids), np.nan)
@@ -55,6 +62,9 @@ class Annotator:
                 continue
             lab[i] = j
             conf[i] = a.confidence
+        for arr in (lab, conf, outside):
+            arr.flags.writeable = False
+        self._memo = (key, ids, (lab, conf, outside))
         return lab, conf, outside
 
     def summary(self, classes) -> dict:
@@ -72,11 +82,15 @@ def _confidence(obj: dict, label: str) -> float:
         return c
     scores = obj.get("scores")
     if isinstance(scores, dict) and scores:
-        vals = {str(k).lower(): float(v) for k, v in scores.items()}
-        if any(not math.isfinite(v) or v < 0 for v in vals.values()):
+        vals = [float(v) for v in scores.values()]
+        total = sum(vals)
+        if not math.isfinite(total) or min(vals) < 0:
             raise ValueError("scores must be finite and >= 0")
-        total = sum(vals.values())
-        return vals.get(label.lower(), 0.0) / total if total > 0 else 0.0
+        mine = scores.get(label)
+        if mine is None:
+            low = label.lower()
+            mine = next((v for k, v in scores.items() if str(k).lower() == low), 0.0)
+        return float(mine) / total if total > 0 else 0.0
     return 1.0
 
 

@@ -57,8 +57,8 @@ class RunDir:
 
     def provenance(self) -> dict:
         cfg = self.config or {}
-        keep = {k: cfg[k] for k in ("created", "toolkit_version", "version", "features", "feature_keys", "model",
-                                    "folds", "seeds", "cache", "pseudo", "pseudo_file") if k in cfg}
+        keep = {k: cfg[k] for k in ("features", "model", "head", "folds", "seeds", "groups", "normalize", "labels",
+                                    "cache", "pseudo", "pseudo_file", "provenance", "created") if k in cfg}
         return {"path": str(self.path), "name": self.name, "classes": self.classes, "n_labels": len(self.labels),
                 "members": [m["member"] for m in self.members], **keep}
 
@@ -209,14 +209,15 @@ def read_probs(path: Path, classes: list[str], notes: list[str]) -> tuple[list[s
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, dtype={"name": str}, keep_default_na=False, na_values=[""], engine="c")
+        df = pd.read_csv(path, dtype={"name": object}, keep_default_na=False, na_values=[""], engine="c",
+                         skipinitialspace=True)
     except Exception as exc:
         raise RunDirError(f"{path} cannot be read as CSV ({exc}); re-run `cli.py fit`") from exc
     cols = list(df.columns)
     if not cols or cols[0] != "name" or sorted(cols[1:]) != sorted(classes):
         raise RunDirError(f"{path} has header {','.join(map(str, cols))} but classes.json says "
                           f"name,{','.join(classes)}; the RUN_DIR is inconsistent: re-run `cli.py fit`")
-    ids = df["name"].astype(str).str.strip().tolist()
+    ids = df["name"].to_numpy(dtype=object).tolist()  # object dtype: plain str, not pandas' arrow strings
     try:
         p = df[classes].to_numpy(dtype=np.float64)
     except (ValueError, TypeError) as exc:
@@ -232,7 +233,8 @@ def read_probs(path: Path, classes: list[str], notes: list[str]) -> tuple[list[s
     if off.any():
         notes.append(f"{path}: {int(off.sum())} rows did not sum to 1 and were renormalised")
     p = (p[ok] / sums[ok, None]).astype(np.float32)
-    ids = [i for i, keep in zip(ids, ok) if keep]
+    if not ok.all():
+        ids = [i for i, keep in zip(ids, ok) if keep]
     if len(set(ids)) != len(ids):
         notes.append(f"{path}: duplicate ids; the last row of each is used")
     return ids, p
@@ -253,9 +255,12 @@ def _run_names(runs: list[RunDir]) -> None:
         r.name = n
 
 
-def _fill(ids_index: dict[str, int], ids: list[str], p: np.ndarray, out_p: np.ndarray, out_present: np.ndarray,
+def _fill(index, ids: list[str], p: np.ndarray, out_p: np.ndarray, out_present: np.ndarray,
           only_missing: bool = False) -> None:
-    rows = np.fromiter((ids_index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+    """Copy rows ``p`` of ``ids`` into their positions in ``index`` (a pandas Index); unknown ids are skipped."""
+    if not len(ids):
+        return
+    rows = index.get_indexer(np.asarray(ids, dtype=object))
     keep = rows >= 0
     if only_missing:
         keep &= ~out_present[np.where(keep, rows, 0)]
@@ -320,8 +325,9 @@ def load_members(run_dirs, target_ids: list[str] | None = None, progress: bool =
 
     t_probs, t_present = empty(len(tgt))
     u_probs, u_present = empty(len(tuning_ids))
-    t_index = {n: i for i, n in enumerate(tgt)}
-    u_index = {n: i for i, n in enumerate(tuning_ids)}
+    import pandas as pd
+
+    t_index, u_index = pd.Index(tgt, dtype=object), pd.Index(tuning_ids, dtype=object)
     for m in range(M):
         ids, p = test_data[m]
         _fill(t_index, ids, p, t_probs[m], t_present[m])

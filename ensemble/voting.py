@@ -89,11 +89,15 @@ def soft_vote(probs, present, weights=None, prior=None) -> VoteResult:
 
     Rows whose present members all have weight 0 use the plain mean of those members instead.
     """
-    M, N, C = probs.shape
     p0, n_present = _prepare(probs, present)
+    return _soft(p0, present, n_present, weights, prior)
+
+
+def _soft(p0, present, n_present, weights=None, prior=None) -> VoteResult:
+    M, N, C = p0.shape
     w = np.ones(M) if weights is None else np.asarray(weights, np.float64)
     num = np.einsum("m,mnc->nc", w, p0)
-    den = present.astype(np.float64).T @ w
+    den = present.T.astype(np.float64) @ w
     summed = p0.sum(axis=0)
     zero_w = (den <= 0) & (n_present > 0)
     num[zero_w] = summed[zero_w]
@@ -179,9 +183,10 @@ class Voter:
         if not (np.nan_to_num(self.member_f1_, nan=0) > self.chance_f1_).any():
             self.notes.append("no member beats chance on the out-of-fold rows: reliance falls back to uniform weights")
         if self.power == "auto":
+            p0, n_present = _prepare(probs, present)
             for p in self.grid:
                 w = reliance_weights(self.member_f1_, self.chance_f1_, p)
-                res = soft_vote(probs, present, w, self.prior_)
+                res = _soft(p0, present, n_present, w, self.prior_)
                 self.grid_scores_[p] = fast_weighted_f1(y, res.labels, n_classes)
             best = max(self.grid_scores_.values())
             self.power_ = next(p for p in self.grid if self.grid_scores_[p] == best)
