@@ -117,7 +117,10 @@ def ensemble(run_dirs, out, vote, rules_spec, annotator, power, ids_file, cross_
     labels = result.final.labels
     n_nomember = int(result.vote.no_member.sum())
     changes = {st.name: int(st.changed.sum()) for st in result.stages[1:]}
-    notes = list(ms.notes) + list(pipeline.voter_.notes)
+    notes = list(ms.notes) + list(pipeline.voter_.notes) + [n for r in rules.rules for n in r.notes_]
+    if not ms.target.ids:
+        notes.append("no id to predict: the runs' test/ files are empty (and no --ids given); "
+                     "predictions.csv holds only its header")
     if ann is not None:
         notes += ann.problems[:20]
     if n_nomember:

@@ -258,7 +258,7 @@ def _run_names(runs: list[RunDir]) -> None:
 def _fill(index, ids: list[str], p: np.ndarray, out_p: np.ndarray, out_present: np.ndarray,
           only_missing: bool = False) -> None:
     """Copy rows ``p`` of ``ids`` into their positions in ``index`` (a pandas Index); unknown ids are skipped."""
-    if not len(ids):
+    if not len(ids) or not len(index):
         return
     rows = index.get_indexer(np.asarray(ids, dtype=object))
     keep = rows >= 0

@@ -128,6 +128,7 @@ class Rule:
     keys: ClassVar[dict] = {}
     grids: ClassVar[dict] = {}
     needs_annotator: ClassVar[bool] = False
+    notes_: tuple = ()  # fit() replaces it with a list of things the user should know
 
     def __init__(self, entry: dict, classes: list[str], where: str):
         self.entry = dict(entry)
@@ -156,8 +157,12 @@ class Rule:
         auto = [k for k in self.grids if self.params.get(k) == AUTO]
         self.grid_scores_ = {}
         self.fitted_params_ = dict(self.params)
+        self.notes_ = []
         if not auto:
             return self
+        if not len(y):
+            raise RulesError(f"{self.where}: 'auto' thresholds are tuned on out-of-fold rows of labeled ids, and the "
+                             "RUN_DIRs have none: give numbers instead of 'auto'")
         C = len(self.classes)
         best, best_score = None, -1.0
         for combo in itertools.product(*(self.grids[k] for k in auto)):
@@ -261,6 +266,9 @@ class PriorCorrection(Rule):
     def fit(self, state, y, ctx):
         super().fit(state, y, ctx)
         C = len(self.classes)
+        if not len(y) and (self.params["target"] == "labeled" or self.params["source"] == "labeled"):
+            raise RulesError(f"{self.where}: 'labeled' needs out-of-fold rows of labeled ids and the RUN_DIRs have "
+                             "none: give the target shares as a mapping class -> share")
         self.labeled_prior_ = np.bincount(y, minlength=C) / max(len(y), 1) if len(y) else np.full(C, 1 / C)
         return self
 
@@ -312,6 +320,17 @@ class AnnotatorOverride(Rule):
         p["confidence"] = _fraction(p["confidence"], self.where, "confidence", allow_auto=True)
         if p["trust"] is not None:
             p["trust"] = _class_list(p["trust"], self.classes, self.where, "trust")
+
+    def fit(self, state, y, ctx):
+        if ctx.annotator is not None and len(y) and any(v == AUTO for v in self.params.values()):
+            lab, _, _ = ctx.annotator.align(state.ids, self.classes)
+            if not (lab >= 0).any():
+                super().fit(state, y, ctx)
+                self.notes_.append(f"{self.where}: the annotator answers none of the {len(y)} tuning rows (in the "
+                                   "classes), so 'auto' kept the thresholds that change nothing; give answers for "
+                                   "labeled clips too, or numbers")
+                return self
+        return super().fit(state, y, ctx)
 
     def _apply(self, state, ctx, params):
         if ctx.annotator is None:

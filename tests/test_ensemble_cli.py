@@ -185,3 +185,35 @@ def test_main_cli_has_both_commands():
     assert res.exit_code == 0 and "--vote" in res.output and "worried-yields" in res.output
     res = CliRunner().invoke(cli.main, ["evaluate", "--help"])
     assert res.exit_code == 0 and "--labels" in res.output and "--runs" in res.output
+
+
+def test_runs_without_test_rows_or_tuning_rows(tmp_path):
+    labels = {f"l{i}": MER[i % 6] for i in range(30)}
+    p = np.full((30, 6), 0.1)
+    p[np.arange(30), np.arange(30) % 6] = 0.5
+    run = write_run_dir(tmp_path / "only_oof", MER, labels, {"fused": (list(labels), p)}, {})
+    out = tmp_path / "p.csv"
+    res = invoke(ensemble, [run, "--out", out])
+    assert res.exit_code == 0, res.output
+    assert read_rows(out) == [["name", "discrete"]] and "predicted 0 ids" in res.output
+    # no labeled rows: reliance and 'auto' thresholds cannot be tuned -> clear errors; soft works
+    run2 = write_run_dir(tmp_path / "no_labels", MER, {}, {}, {"fused": (["t0", "t1"], p[:2])})
+    res = invoke(ensemble, [run2, "--out", out])
+    assert res.exit_code != 0 and "use --vote soft" in res.output
+    ann = tmp_path / "a.csv"
+    write_csv(ann, ["name", "label"], [("t0", "sad")])
+    res = invoke(ensemble, [run2, "--out", out, "--vote", "soft", "--rules", "mer2025", "--annotator", ann])
+    assert res.exit_code != 0 and "give numbers instead of 'auto'" in res.output
+    res = invoke(ensemble, [run2, "--out", out, "--vote", "soft", "--rules", "worried-yields"])
+    assert res.exit_code == 0 and len(read_rows(out)) == 3
+
+
+def test_annotator_without_answers_for_labeled_clips_is_noted(runs, tmp_path):
+    ann = tmp_path / "a.csv"
+    write_csv(ann, ["name", "label", "confidence"], [(n, "sad", 0.99) for n in sorted(runs["truth"])])
+    out = tmp_path / "p.csv"
+    res = invoke(ensemble, [*runs["paths"], "--out", out, "--rules", "mer2025", "--annotator", ann])
+    assert res.exit_code == 0, res.output
+    assert "rule 2:gemini-modification: changed 0 labels" in res.output
+    meta = json.loads((tmp_path / "p.meta.json").read_text())
+    assert any("answers none of the 240 tuning rows" in n for n in meta["notes"])
