@@ -417,3 +417,54 @@ def test_face_crops_for_the_vlm():
     ex = build("vlm:provider=gemini,media=frames,frames=2,crop=face,crop_size=96")
     req = ex.request(c)
     assert req.frames.shape == (2, 96, 96, 3)
+
+
+# -- vlm-text ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    tr = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    d = tmp_path_factory.mktemp("tiny-bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789") + ["smile"]
+    (d / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    tr.BertModel(tr.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=128)).save_pretrained(d)
+    tr.BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
+    return d
+
+
+def test_vlm_text_embeds_fresh_and_cached_reasoning(tiny_bert, tmp_path):
+    import cli
+    from extract.synth import make_clip
+
+    vids = tmp_path / "videos"
+    for name in ("a", "b", "c"):
+        make_clip(vids / f"{name}.mp4", seconds=0.4, size=(32, 32))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("\n".join(json.dumps({"name": n, "label": lab, "reasoning": why}) for n, lab, why in [
+        ("a", "happy", "a broad smile, AU6 and AU12"), ("b", "sad", "lip corners down, AU15")]) + "\n")
+    cache = tmp_path / "cache"
+
+    def run(features):
+        result = CliRunner().invoke(cli.main, ["extract", str(vids), "--cache", str(cache), "--features", features],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    run(f"vlm:provider=jsonl,path={answers},vlm-text:model={tiny_bert}")  # same run: fresh answers
+    fc = FeatureCache(cache)
+    key = fc.resolve("vlm-text")
+    batch = fc.read(key, ["a", "b", "c"])
+    assert batch.present.tolist() == [True, True, False] and batch.data.shape[1:] == (3, 16)
+    assert "no VLM answer for this clip" in batch.failures["c"] and "no answer for this clip" in batch.failures["c"]
+    assert not np.allclose(batch.data[0], batch.data[1])
+    vlm_key = fc.resolve("vlm")
+    assert fc.feature_set(key).sources()["a"] == f"vlm:{vlm_key}"
+    # a later run with another encoder config reads the answers from the cache (nothing decoded)
+    run(f"vlm-text:model={tiny_bert},pooling=cls,cache={cache}")
+    other = [k for k in FeatureCache(cache).keys() if k.startswith("vlm-text-") and k != key]
+    assert len(other) == 1
+    again = FeatureCache(cache).read(other[0], ["a", "b"])
+    assert again.present.all()
+    direct = build(f"vlm-text:model={tiny_bert},pooling=cls,cache={cache}").ensure_loaded()
+    assert np.allclose(direct.extract(Clip(id="a", path="a")).data, again.data[0], atol=1e-6)

@@ -31,6 +31,7 @@ from ..vlm.answer import AnswerError, parse_answer
 from ..vlm.inputs import face_frames, media_file, sample_frames
 from ..vlm.prompt import DEFAULT_CLASSES, load_prompt, parse_classes
 
+ANSWERS_INFO = "vlm_answers"  # clip.info[ANSWERS_INFO][vlm key] = record, for vlm-text in the same run
 OPERATIONAL = ("timeout", "retries", "backoff", "concurrency", "base_url")
 load_providers()
 
@@ -160,6 +161,13 @@ class VlmExtractor(Extractor):
         return decoded
 
     def extract(self, clip):
+        try:
+            return self._extract(clip)
+        except ExtractionError as exc:  # let vlm-text of this clip say why it has nothing to embed
+            clip.info.setdefault(ANSWERS_INFO, {})[self.key] = {"error": str(exc)}
+            raise
+
+    def _extract(self, clip):
         req = self.request(clip)
         try:
             reply = self.provider.ask(req)
@@ -176,6 +184,8 @@ class VlmExtractor(Extractor):
             "transcript_source": clip.text_source if self.prompt else None,
             "notes": answer["notes"], "meta": reply.meta,
         }
+        # later extractors of this clip (vlm-text) read the fresh answer from here
+        clip.info.setdefault(ANSWERS_INFO, {})[self.key] = record
         return Feature(record=record)
 
 
