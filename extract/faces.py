@@ -158,7 +158,7 @@ def crop(frame: np.ndarray, box: np.ndarray, margin: float = 0.2, size: int = 22
         ix0, ix1 = ix0 + pad[1][0], ix1 + pad[1][0]
         iy0, iy1 = iy0 + pad[0][0], iy1 + pad[0][0]
     region = frame[iy0:iy1, ix0:ix1]
-    return np.asarray(Image.fromarray(np.ascontiguousarray(region)).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(np.ascontiguousarray(region)).resize((size, size), Image.BILINEAR))
 
 
 def face_crops(frames: np.ndarray, track: FaceTrack, margin: float = 0.2, size: int = 224,

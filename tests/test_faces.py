@@ -275,3 +275,32 @@ def test_face_au_through_cli_extract(tmp_path, astronaut):
     assert n == 8 and batch.mask[0, :n].tolist() == [True] * 4 + [False] * 4
     meta = FeatureCache(cache).feature_set(FeatureCache(cache).resolve("face-au")).meta
     assert meta["channels"][25] == "jawOpen"
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    tr = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    d = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    tr.ViTModel(tr.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                             image_size=32, patch_size=8)).save_pretrained(d)
+    tr.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
+    return d
+
+
+def test_hf_image_on_face_crops(tiny_vit, astronaut):
+    gray = np.full_like(astronaut, 128)
+    ex = build(f"hf-image:model={tiny_vit},crop=face,face_margin=0.25,face_size=64").ensure_loaded()
+    feat = ex.extract(clip_of([astronaut, gray, astronaut]))
+    assert feat.mask.tolist() == [True, False, True] and (feat.data[1] == 0).all()
+    with faces.open_backend("mediapipe") as backend:
+        track = faces.track_faces(backend, astronaut[None])
+    expected = ex.embed_images([faces.crop(astronaut, track.boxes[0], 0.25, 64)])[0]
+    assert np.allclose(feat.data[0], expected, atol=1e-5) and np.allclose(feat.pooled, expected, atol=1e-5)
+    whole = build(f"hf-image:model={tiny_vit}").ensure_loaded()
+    assert whole.key != ex.key
+    assert not np.allclose(whole.extract(clip_of([astronaut])).data[0], expected)
+    with pytest.raises(ExtractionError, match="no face detected"):
+        ex.extract(clip_of([gray]))
+    assert ex.provenance()["model"]["faces"]["face_model_sha256"] == faces.FACE_LANDMARKER_SHA256

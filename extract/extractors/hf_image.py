@@ -7,6 +7,11 @@ encoder (CLIP ``get_image_features``), ``pooler`` = the vision tower's pooled ou
 layer-normed CLS token), ``cls`` = the first token of the last layer, ``mean`` = the mean of all
 last-layer tokens; ``auto`` = projected when the model has a projection, else pooler, else cls.
 
+``crop=face`` encodes the clip's largest face instead of the whole frame (extract/faces.py:
+MediaPipe FaceLandmarker, the face tracked across frames by IoU; a square crop grown by
+``face_margin``, resized to ``face_size``): frames without a face are masked rows (zeros), the pooled
+vector is the mean over frames with a face, and a clip without any face is a recorded failure.
+
 Frames go through the model in batches of ``batch_size`` (a GPU is used well). The encoding of a
 list of images is :meth:`HFImageExtractor.embed_images`, so other inputs (face crops of any size)
 can reuse it unchanged.
@@ -31,9 +36,14 @@ class HFImageConfig:
     output: str = "auto"  # auto | projected | pooler | cls | mean (see the module docstring)
     batch_size: int = 32  # frames per forward pass
     dtype: str = "float32"  # float32 | float16 | bfloat16
+    crop: str = "frame"  # frame: whole frames | face: the tracked largest face (extract/faces.py)
+    face_margin: float = 0.2  # crop=face: box grown by this fraction of its size on each side
+    face_size: int = 224  # crop=face: side of the square crop handed to the processor
 
     def validate(self):
         validate_common(self)
+        if self.crop not in ("frame", "face"):
+            raise ValueError(f"crop must be frame or face, not {self.crop!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
         if self.batch_size < 1:
@@ -63,11 +73,17 @@ class HFImageExtractor(HFExtractor):
             raise ModelLoadError(f"output=projected: {self.config.model} has no image projection "
                                  "(not a CLIP-like dual encoder); use output=pooler, cls or mean")
         self.output = output
+        if self.config.crop == "face":
+            from .. import faces
+
+            self.face_backend = faces.open_backend("mediapipe")
 
     def extract(self, clip):
         frames = clip.frames
         if frames is None or len(frames) == 0:
             raise ExtractionError(clip.missing.get("frames", "no frames"))
+        if self.config.crop == "face":
+            return self._extract_faces(clip)
         emb = self.embed_images(frames)
         if clip.frame_times is not None and len(clip.frame_times) == len(emb):
             times = np.asarray(clip.frame_times, dtype=np.float64)
@@ -75,6 +91,35 @@ class HFImageExtractor(HFExtractor):
             times = np.arange(len(emb), dtype=np.float64) / self.decode.fps
         return Feature(data=emb, timestamps=times, mask=np.ones(len(emb), dtype=bool),
                        pooled=emb.mean(axis=0).astype(np.float32))
+
+    def _extract_faces(self, clip):
+        from .. import faces
+
+        track = faces.track_faces(self.face_backend, clip.frames)
+        if not track.present.any():
+            raise ExtractionError(f"no face detected in any of {len(clip.frames)} frames")
+        idx = np.flatnonzero(track.present)
+        crops = [faces.crop(clip.frames[t], track.boxes[t], self.config.face_margin, self.config.face_size)
+                 for t in idx]
+        emb = self.embed_images(crops)
+        data = np.zeros((len(clip.frames), emb.shape[1]), np.float32)
+        data[idx] = emb
+        times = np.asarray(clip.frame_times, dtype=np.float64) if clip.frame_times is not None else \
+            np.arange(len(data), dtype=np.float64) / self.decode.fps
+        return Feature(data=data, timestamps=times, mask=track.present.copy(), pooled=emb.mean(axis=0).astype(np.float32))
+
+    def model_provenance(self) -> dict:
+        out = super().model_provenance()
+        if self.config.crop == "face":
+            from .. import faces
+
+            out["faces"] = faces.MediaPipeBackend().provenance()
+        return out
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("face_backend", None)  # a MediaPipe landmarker does not travel; each worker opens its own
+        return state
 
     def embed_images(self, images) -> np.ndarray:
         """RGB uint8 images, a (N, H, W, 3) array or a list of (H, W, 3) arrays of any sizes -> (N, D)
