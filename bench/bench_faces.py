@@ -1,0 +1,186 @@
+"""Faces / AU benchmark (issue 5). Prints figures; not a test.
+
+    python bench/bench_faces.py [--data ../shared/data] [--fps 25] [--clips N] [--image-model PATH]
+
+For each of ``emo-av`` and ``mead-samples`` under --data (skipped when absent):
+ (a) the fraction of decoded frames where MediaPipe finds a face, and of clips with none;
+ (b) AU extraction speed (`face-au`, MediaPipe backend): frames per second of extractor compute,
+     decode time apart; the py-feat backend too when $MOE_PYFEAT_WEIGHTS names its weights;
+ (c) emo-av only: weighted F1 of the AU features alone on the role split (train on the labeled-role
+     speakers, test on the unlabeled-role ones, and the reverse; no speaker and no face shared):
+     - pooled blendshape statistics + StandardScaler + LogisticRegression (the reference figure of
+       DESIGN.md, 0.712, was measured this way);
+     - the AU expert (and an image-encoder expert on face crops, with --image-model PATH) through
+       `cli.py fit`, when the fit stage is installed (models/cli_fit.py).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_au(folder: Path, spec: str, fps: float, limit: int | None):
+    """Decode every clip once, run one face-au extractor; -> per-clip features and timings."""
+    from extract import media
+    from extract.registry import ExtractionError, build, load_all
+
+    load_all()
+
+    cfg = media.DecodeConfig(fps=fps, max_frames=64)
+    ex = build(spec, decode=cfg).ensure_loaded()
+    files, _ = media.discover(folder)
+    ids = sorted(files)[:limit]
+    feats, failures = {}, {}
+    decode_s = extract_s = 0.0
+    frames = 0
+    try:
+        for cid in ids:
+            t0 = time.perf_counter()
+            try:
+                clip = media.decode(files[cid], cid, ("frames",), cfg)
+            except media.DecodeError as exc:
+                failures[cid] = f"decode: {exc}"
+                continue
+            t1 = time.perf_counter()
+            decode_s += t1 - t0
+            if clip.frames is None:
+                failures[cid] = clip.missing.get("frames", "no frames")
+                continue
+            frames += len(clip.frames)
+            try:
+                feats[cid] = ex.extract(clip)
+            except ExtractionError as exc:
+                failures[cid] = str(exc)
+                feats[cid] = None
+            extract_s += time.perf_counter() - t1
+    finally:
+        ex.close()
+    return ids, feats, failures, frames, decode_s, extract_s
+
+
+def face_figures(name: str, folder: Path, fps: float, limit: int | None):
+    ids, feats, failures, frames, dec, ext = run_au(folder, "face-au", fps, limit)
+    with_face = sum(int(f.mask.sum()) for f in feats.values() if f is not None)
+    no_face_clips = [c for c, f in feats.items() if f is None]
+    print(f"\n== {name}: {len(ids)} clips, {frames} frames decoded at {fps:g} fps ==")
+    print(f"(a) frames with a detected face: {with_face}/{frames} = {with_face / max(frames, 1):.3f}; "
+          f"clips without any face: {len(no_face_clips)}")
+    for cid, why in list(failures.items())[:5]:
+        print(f"      {cid}: {why}")
+    print(f"(b) face-au (mediapipe): {frames / max(ext, 1e-9):.1f} frames/s of extractor compute "
+          f"({ext:.1f} s); decode {dec:.1f} s ({frames / max(dec, 1e-9):.1f} frames/s)")
+    if os.environ.get("MOE_PYFEAT_WEIGHTS"):
+        sub = ids[: min(len(ids), 20)]
+        _, pf, pfail, pframes, _, pext = run_au(folder, "face-au:backend=pyfeat", fps, len(sub))
+        print(f"    face-au (pyfeat, first {len(sub)} clips): {pframes / max(pext, 1e-9):.1f} frames/s")
+    else:
+        print("    face-au (pyfeat): skipped: py-feat's weights are downloaded from the Hugging Face hub, which this "
+              "machine cannot reach; set MOE_PYFEAT_WEIGHTS to a folder with face_multitask_v28.safetensors and "
+              "retinaface_r34.safetensors to measure it")
+    return feats
+
+
+def role_split_f1(feats: dict, data: Path) -> None:
+    """Pooled blendshape statistics (mean, std, max) + scaler + logistic regression, role split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = {r["name"]: r["discrete"] for r in read_csv(data / "labels.csv")}
+    roles = {r["name"]: r["role"] for r in read_csv(data / "split.csv")}
+    names = [n for n in sorted(feats) if n in labels]
+    d = 52
+    X = np.zeros((len(names), 3 * d), np.float32)
+    ok = np.zeros(len(names), bool)
+    for i, n in enumerate(names):
+        f = feats[n]
+        if f is not None:
+            p = f.pooled  # mean, std, min, max, delta
+            X[i] = np.concatenate([p[:d], p[d:2 * d], p[3 * d:4 * d]])
+            ok[i] = True
+    y = np.array([labels[n] for n in names])
+    role = np.array([roles.get(n, "") for n in names])
+    scores = []
+    for train, test in (("labeled", "unlabeled"), ("unlabeled", "labeled")):
+        tr = (role == train) & ok
+        te = role == test
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X[tr], y[tr])
+        pred = model.predict(X[te])
+        pred[~ok[te]] = model.classes_[0]  # a clip without a face still counts (as a wrong-ish guess)
+        scores.append(f1_score(y[te], pred, average="weighted"))
+        print(f"    train {train:9s} -> test {test:9s}: weighted F1 {scores[-1]:.3f} ({te.sum()} clips)")
+    print(f"(c) pooled blendshapes + LogisticRegression, role split: mean weighted F1 {np.mean(scores):.3f} "
+          "(DESIGN.md reference 0.712)")
+
+
+def fit_figures(data: Path, fps: float, image_model: str | None) -> None:
+    if not (ROOT / "models" / "cli_fit.py").is_file():
+        print("(c) AU / image expert through `cli.py fit`: skipped: the fit stage (models/cli_fit.py) is not "
+              "installed in this checkout")
+        return
+    help_text = subprocess.run([sys.executable, "cli.py", "fit", "--help"], cwd=ROOT, capture_output=True,
+                               text=True).stdout
+    if not help_text:
+        print("(c) `cli.py fit` is not wired into cli.py yet: skipped")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        feats = ["face-au"] + ([f"hf-image:model={image_model},crop=face"] if image_model else [])
+        subprocess.run([sys.executable, "cli.py", "extract", str(data), "--cache", str(cache), "--features",
+                        ",".join(feats), "--fps", str(fps)], cwd=ROOT, check=True)
+        for feature in ["face-au"] + (["hf-image"] if image_model else []):
+            out = Path(tmp) / f"run-{feature}"
+            cmd = [sys.executable, "cli.py", "fit", "--cache", str(cache), "--labels", str(data / "labels.csv"),
+                   "--features", feature, "--out", str(out)]
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            tail = (res.stdout + res.stderr).strip().splitlines()[-6:]
+            print(f"(c) `cli.py fit --features {feature}` (exit {res.returncode}):")
+            for line in tail:
+                print("      " + line)
+    if not image_model:
+        print("    image-encoder expert: skipped: no image encoder weights on this machine (no model hub); pass "
+              "--image-model PATH (e.g. a CLIP or DINOv2 folder saved with save_pretrained)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--fps", type=float, default=25.0, help="frames per second decoded (emo-av: 25 = all 50)")
+    ap.add_argument("--clips", type=int, default=None, help="at most this many clips per data set")
+    ap.add_argument("--image-model", default=None)
+    args = ap.parse_args()
+    data = Path(args.data)
+    ran = False
+    for name, fps in (("emo-av", args.fps), ("mead-samples", min(args.fps, 5.0))):
+        folder = data / name
+        if not folder.is_dir():
+            print(f"{name}: skipped ({folder} is absent)")
+            continue
+        ran = True
+        feats = face_figures(name, folder, fps, args.clips)
+        if name == "emo-av" and (folder / "split.csv").is_file():
+            role_split_f1(feats, folder)
+            fit_figures(folder, fps, args.image_model)
+    if not ran:
+        print(f"no data under {data}: nothing measured")
+
+
+if __name__ == "__main__":
+    main()
