@@ -140,7 +140,7 @@ def bench_emo_av(args) -> None:
         return
     from ensemble.annotator import load_annotator
     from ensemble.members import load_members
-    from ensemble.pipeline import EnsemblePipeline, cross_fit
+    from ensemble.pipeline import EnsemblePipeline, tuning_folds, cross_fit
     from ensemble.reranking import load_rules, parse_rules
     from ensemble.voting import fast_weighted_f1
 
@@ -159,7 +159,12 @@ def bench_emo_av(args) -> None:
     best_f1, best = max(f1s)
     tgt_best = ms.target.probs[best, scored]
     ok = ~np.isnan(tgt_best).any(axis=1)
-    rows.append((f"best single member ({ms.names[best]})", best_f1, float("nan"),
+    full = [m for _, m in f1s]
+    cf_pred = np.zeros(len(ms.y), np.int64)  # cross-fitted: pick the best member on the other folds
+    for train, held in tuning_folds(ms.y, 5, 0):
+        pick_m = max(full, key=lambda m: fast_weighted_f1(ms.y[train], ms.tuning.probs[m, train].argmax(1), C))
+        cf_pred[held] = ms.tuning.probs[pick_m, held].argmax(1)
+    rows.append((f"best single member ({ms.names[best]})", best_f1, fast_weighted_f1(ms.y, cf_pred, C),
                  fast_weighted_f1(y_tgt[ok], tgt_best[ok].argmax(1), C) if ok.any() else float("nan")))
     recipes = [("soft vote", "soft", parse_rules([], ms.classes)),
                ("reliance vote", "reliance", parse_rules([], ms.classes)),

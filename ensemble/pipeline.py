@@ -93,7 +93,7 @@ class EnsemblePipeline:
                 "rules": self.rules.describe()}
 
 
-def _folds(y: np.ndarray, n_splits: int, seed: int):
+def tuning_folds(y: np.ndarray, n_splits: int, seed: int):
     from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(y)
@@ -115,7 +115,7 @@ def cross_fit(pipeline: EnsemblePipeline, split, y, n_splits: int = 5, seed: int
     names = pipeline._stage_names()
     labels = [np.zeros(len(y), np.int64) for _ in names]
     changed = [np.zeros(len(y), bool) for _ in names]
-    for train, held in _folds(y, n_splits, seed):
+    for train, held in tuning_folds(y, n_splits, seed):
         p = pipeline.clone().fit(split.take(train), y[train])
         res = p.run(split.take(held))
         for k, st in enumerate(res.stages):
