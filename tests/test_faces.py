@@ -147,6 +147,12 @@ def test_face_au_mediapipe_series_mask_pooled_channels(astronaut):
         prov = ex.provenance()
         assert prov["model"]["face_model_sha256"] == faces.FACE_LANDMARKER_SHA256
         assert prov["channels"][:2] == ["_neutral", "browDownLeft"]
+        import pickle
+
+        clone = pickle.loads(pickle.dumps(ex))  # what joblib does to send it to a worker
+        assert not clone.loaded and np.allclose(clone.ensure_loaded().extract(clip_of([astronaut])).data[0],
+                                                feat.data[0])
+        clone.close()
         with pytest.raises(ExtractionError, match="no face detected in any of 2 frames"):
             ex.extract(clip_of([gray, gray]))
     finally:

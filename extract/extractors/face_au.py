@@ -180,13 +180,24 @@ class FaceAuExtractor(Extractor):
         return names + (list(faces.POSE) if self.config.head_pose else [])
 
     def model_provenance(self):
-        self.ensure_loaded()
-        out = dict(self.backend.provenance())
-        if self.au is not None:
+        c = self.config
+        if c.backend == "mediapipe":  # no need to load anything: the checksum says which model
+            out = faces.MediaPipeBackend(model=c.model).provenance()
+        else:
+            self.ensure_loaded()
+            out = dict(self.backend.provenance())
             out.update(au_model="py-feat multitask (Detectorv2)", au_weights=self.au.weights_file,
                        au_weights_sha256=self.au.sha256)
-        out["pooled"] = [f"{s}:{ch}" for s in POOL_STATS for ch in self.channels()]
+        out["pooled"] = "for each channel in order: " + ", ".join(POOL_STATS) + " (stat-major: all means first)"
         return out
+
+    def __getstate__(self):
+        # loaded detectors do not travel to worker processes: each worker loads its own once
+        state = self.__dict__.copy()
+        for name in ("backend", "au"):
+            state.pop(name, None)
+        state["loaded"] = False
+        return state
 
     def extract(self, clip):
         if clip.frames is None or len(clip.frames) == 0:

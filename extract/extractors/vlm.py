@@ -118,6 +118,13 @@ class VlmExtractor(Extractor):
     def load(self):
         self.provider.open()
 
+    def __getstate__(self):
+        # an open client or a loaded model does not travel to worker processes: each opens its own
+        state = self.__dict__.copy()
+        state["provider"] = type(self.provider)(self.config, self.device)
+        state["loaded"] = False
+        return state
+
     def close(self):
         self.provider.close()
         self.loaded = False
