@@ -20,5 +20,8 @@ main.add_command(extract_cmd)
 main.add_command(features_cmd)
 main.add_command(cache_group)
 
+from ensemble.cli_ensemble import ensemble, evaluate
+main.add_command(ensemble); main.add_command(evaluate)
+
 if __name__ == "__main__":
     main()
