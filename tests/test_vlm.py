@@ -468,3 +468,48 @@ def test_vlm_text_embeds_fresh_and_cached_reasoning(tiny_bert, tmp_path):
     assert again.present.all()
     direct = build(f"vlm-text:model={tiny_bert},pooling=cls,cache={cache}").ensure_loaded()
     assert np.allclose(direct.extract(Clip(id="a", path="a")).data, again.data[0], atol=1e-6)
+
+
+def test_transformers_vlm_answer_recorded_when_the_model_writes_json(tiny_qwen, tmp_path):
+    """The success path with a real (tiny) model: the random Qwen2.5-VL is first taught, by a few
+    gradient steps, to answer this clip's exact input with one JSON object; the provider then loads
+    it by path and the answer lands in the record."""
+    import shutil
+
+    import torch
+    import transformers as tr
+
+    prompt_file = tmp_path / "short.txt"
+    prompt_file.write_text("Classes: $classes. Subtitles: $transcript")
+    c = clip(text="so glad")
+    teacher = build(f"vlm:provider=transformers,model={tiny_qwen},frames=2,prompt={prompt_file}")
+    req = teacher.request(c)
+    proc = tr.AutoProcessor.from_pretrained(tiny_qwen)
+    model = tr.AutoModelForImageTextToText.from_pretrained(tiny_qwen)
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in req.frames]
+    msgs = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": req.prompt}]}]
+    prompt = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    target = json.dumps({"reasoning": "smile", "scores": {"happy": 0.9, "sad": 0.1}, "label": "happy"})
+    full = proc(text=[prompt + target + "<|im_end|>"], images=images, return_tensors="pt")
+    n_prompt = proc(text=[prompt], images=images, return_tensors="pt")["input_ids"].shape[1]
+    labels = full["input_ids"].clone()
+    labels[:, :n_prompt] = -100
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(300):
+        loss = model(**full, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    trained = tmp_path / "taught"
+    shutil.copytree(tiny_qwen, trained)
+    model.save_pretrained(trained)
+    ex = build(f"vlm:provider=transformers,model={trained},frames=2,prompt={prompt_file},max_new_tokens=60")
+    rec = ex.ensure_loaded().extract(c).record
+    assert rec["label"] == "happy" and rec["scores"]["happy"] == 0.9 and rec["reasoning"] == "smile"
+    assert rec["model"] == str(trained) and rec["provider"] == "transformers" and rec["raw"] == target
