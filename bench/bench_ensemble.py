@@ -181,6 +181,10 @@ def bench_emo_av(args) -> None:
     print(f"    {'weighted F1':<{width}}  OOF in-sample  OOF cross-fitted  predicted ids")
     for title, a, b, c in rows:
         print(f"    {title:<{width}}  {a:>13.4f}  {b:>16.4f}  {c:>13.4f}")
+    groups = sorted({str(r.config.get("groups")) for r in ms.runs})
+    print(f"    OOF folds grouped by: {', '.join(groups)} (face sequences recur across speakers within a role, so "
+          "face-feature OOF figures are optimistic); 'predicted ids' is the honest role split when the runs were "
+          "fitted on the labeled role only")
 
 
 def main() -> None:

@@ -1,7 +1,6 @@
 """``cli.py ensemble`` and ``cli.py evaluate`` (registered on the main click group in cli.py)."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -123,11 +122,14 @@ def ensemble(run_dirs, out, vote, rules_spec, annotator, power, ids_file, cross_
                      "predictions.csv holds only its header")
     if ann is not None:
         notes += ann.problems[:20]
+    if ann is not None and not rules.needs_annotator:
+        notes.append(f"--annotator {annotator} was given but no rule uses it (add an annotator_override rule)")
     if n_nomember:
         notes.append(f"{n_nomember} predicted ids have no member at all: they got the labeled majority class")
     meta = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "toolkit_version": _toolkit_version(),
-        "command": " ".join(["cli.py", "ensemble"] + sys.argv[2:]) if len(sys.argv) > 1 else "ensemble",
+        "arguments": {"run_dirs": [str(r) for r in run_dirs], "out": str(out), "vote": vote, "rules": rules_spec,
+                      "annotator": annotator, "power": power, "ids": ids_file, "cross_fit": cross_fit},
         "classes": classes, "vote": vote, "power": pipeline.voter_.power_, "power_requested": power,
         "runs": [r.provenance() for r in ms.runs],
         "members": pipeline.describe(ms.names)["members"],
