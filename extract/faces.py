@@ -323,6 +323,15 @@ class PyFeatBackend(FaceBackend):
     WEIGHT_FILES = ("retinaface_r34.safetensors", "model.safetensors")
 
     def _open(self):
+        import torch
+
+        grad = torch.is_grad_enabled()
+        try:
+            self._open_retinaface()
+        finally:
+            torch.set_grad_enabled(grad)  # py-feat's RetinaFace switches autograd off process-wide
+
+    def _open_retinaface(self):
         from feat.face_detectors.Retinaface.Retinaface_test import Retinaface
 
         folder = pyfeat_weights_dir(self.model)

@@ -195,7 +195,8 @@ def pyfeat_weights(tmp_path_factory):
     model = MEGraphAUv2(cfg)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "face_multitask_v28.safetensors"),
               metadata={"config": json.dumps(asdict(cfg))})
-    net = Retinaface(device="cpu", pretrained="none").net
+    with torch.enable_grad():  # py-feat's RetinaFace turns autograd off process-wide; keep it local
+        net = Retinaface(device="cpu", pretrained="none").net
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "retinaface_r34.safetensors"))
     return d
 
@@ -216,8 +217,11 @@ def test_face_au_pyfeat_on_mediapipe_boxes(pyfeat_weights, astronaut):
 
 
 def test_pyfeat_retinaface_from_env_folder(pyfeat_weights, astronaut, monkeypatch):
+    import torch
+
     monkeypatch.setenv(faces.PYFEAT_WEIGHTS_ENV, str(pyfeat_weights))
     ex = build("face-au:backend=pyfeat,head_pose=true").ensure_loaded()
+    assert torch.is_grad_enabled()  # loading py-feat must not switch autograd off for the whole process
     try:
         small = astronaut[::4, ::4]
         try:
