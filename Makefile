@@ -14,3 +14,6 @@ test: install
 
 bench:
 	$(PYTHON) bench/bench_extract.py
+	$(PYTHON) bench/bench_ensemble.py
+	$(PYTHON) bench/bench_fit.py
+	$(PYTHON) bench/bench_faces.py
