@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import click
 
+from ensemble.cli_ensemble import ensemble, evaluate
 from extract.cli_extract import cache_group, extract_cmd, features_cmd
+from extract.cli_knowledge import export_annotator_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main():
     """Multimodal emotion recognition from video: cache frozen embeddings once, train small expert
     heads and a Mixture-of-Experts router on the cache, use unlabeled clips through consensus
-    pseudo-labels, and write voted, re-ranked predictions (after "More Is Better", MER2025-SEMI)."""
+    pseudo-labels, and write voted, re-ranked predictions (after "More Is Better", MER2025-SEMI).
+
+    Chain: extract VIDEO_DIR -> fit -> (pseudo-label -> fit --pseudo) -> ensemble -> evaluate."""
 
 
-main.add_command(extract_cmd)
-main.add_command(features_cmd)
-main.add_command(cache_group)
-
-from ensemble.cli_ensemble import ensemble, evaluate
-main.add_command(ensemble); main.add_command(evaluate)
+for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, ensemble, evaluate):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

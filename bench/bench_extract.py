@@ -84,7 +84,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         img = tiny_image_model(tmp / "tiny-clip")
-        specs = ["librosa", "egemaps", f"hf-image:model={img}" if img else "frame-stats"]
+        specs = ["librosa", "egemaps", f"hf-image:model={img},crop=frame" if img else "frame-stats"]
         folder = clip_folder(args.data, args.clips, tmp)
         files, _ = discover(folder)
         # warm-up (numba JIT of librosa, model load) so that no variant pays it alone

@@ -61,6 +61,8 @@ class Extractor:
     # what its output can feed to later extractors of the same clip: ("text",) for ASR, whose
     # record["text"] becomes the transcript of clips that --transcripts does not cover
     provides: typing.ClassVar[tuple[str, ...]] = ()
+    # names of extractors whose output for the same clip this one reads (run after them)
+    after: typing.ClassVar[tuple[str, ...]] = ()
     version: typing.ClassVar[str] = "1"
     Config: typing.ClassVar[type] = NoConfig
     libraries: typing.ClassVar[tuple[str, ...]] = ("numpy",)
@@ -88,6 +90,9 @@ class Extractor:
         so loading here costs nothing extra and provenance (revision) is known before meta.json."""
         if load:
             self.ensure_loaded()
+
+    def close(self) -> None:
+        """Release what load() opened (landmarkers, SDK clients). Called at the end of a run."""
 
     def extract(self, clip: Clip) -> Feature:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -90,6 +90,19 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def run_order(extractors: list[Extractor]) -> list[Extractor]:
+    """Extractors that provide text (ASR) first, then the rest, each after those named in its
+    ``after`` (vlm-text after vlm); otherwise the user's order."""
+    order = sorted(extractors, key=lambda e: "text" not in e.provides)
+    done: list[Extractor] = []
+    while order:
+        names = {e.name for e in order}
+        ready = next((e for e in order if not (set(e.after) & (names - {e.name}))), order[0])
+        order.remove(ready)
+        done.append(ready)
+    return done
+
+
 def process(task: Task, config: media.DecodeConfig, threads: int = 1) -> dict:
     """Decode one clip (only what its pending extractors need) and run them. Runs in a worker."""
     out: dict = {"id": task.id, "decoded": False, "results": {}, "seconds": {}}
@@ -114,8 +127,7 @@ def process(task: Task, config: media.DecodeConfig, threads: int = 1) -> dict:
     clip.text, clip.text_source = task.text, task.text_source
     if task.text is None:
         clip.missing["text"] = "no transcript for this clip"
-    # extractors that provide text (ASR) run before those that read it
-    for ex in sorted(task.extractors, key=lambda e: "text" not in e.provides):
+    for ex in run_order(task.extractors):
         t1 = time.perf_counter()
         reason = clip.unavailable(ex.needs)
         if reason is not None and not getattr(ex, "handles_missing", False):
@@ -204,6 +216,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     if len(set(keys)) != len(keys):
         raise UsageError("the same feature set is requested twice")
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
+        ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
         try:
             ex.preflight(load=jobs == 1)
         except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
@@ -265,8 +278,19 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
             for w in writers.values():
                 compact(w.fs, min_shards=compact_min_shards)
                 _record_dims(cache, w)
+    close_loaded()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def close_loaded() -> None:
+    """Close the extractors this process loaded (MediaPipe landmarkers, SDK clients)."""
+    for ex in list(_LOADED.values()):
+        try:
+            ex.close()
+        finally:
+            ex.loaded = False
+    _LOADED.clear()
 
 
 def _record_dims(cache: FeatureCache, writer: ShardWriter) -> None:

@@ -239,3 +239,16 @@ def test_second_concurrent_extract_fails_fast(good_dir, tmp_path):
                                             "--no-progress"])
     assert res.exit_code == 1 and "is in use by another extract" in res.output
     assert FeatureCache(cache).keys() == []  # nothing was written
+
+
+def test_run_order_puts_text_providers_first_and_respects_after():
+    from extract.registry import build, load_all
+    from extract.runner import run_order
+
+    load_all()
+    exs = [build("vlm-text:model=minilm"), build("librosa"), build("hf-text:model=minilm"),
+           build("vlm:provider=jsonl,path=answers.jsonl"), build("asr:model=openai/whisper-tiny")]
+    names = [e.name for e in run_order(exs)]
+    assert names[0] == "asr"
+    assert names.index("vlm") < names.index("vlm-text")
+    assert names.index("librosa") < names.index("hf-text")  # otherwise the user's order

@@ -308,7 +308,7 @@ def test_hf_image_on_face_crops(tiny_vit, astronaut):
         track = faces.track_faces(backend, astronaut[None])
     expected = ex.embed_images([faces.crop(astronaut, track.boxes[0], 0.25, 64)])[0]
     assert np.allclose(feat.data[0], expected, atol=1e-5) and np.allclose(feat.pooled, expected, atol=1e-5)
-    whole = build(f"hf-image:model={tiny_vit}").ensure_loaded()
+    whole = build(f"hf-image:model={tiny_vit},crop=frame").ensure_loaded()
     assert whole.key != ex.key
     assert not np.allclose(whole.extract(clip_of([astronaut])).data[0], expected)
     with pytest.raises(ExtractionError, match="no face detected"):

@@ -313,17 +313,17 @@ def vclip(frames, cid="v"):
 
 
 def test_hf_image_clip_series_pooled_and_batches(clip_dir, frames):
-    ex = make(f"hf-image:model={clip_dir},batch_size=2")
+    ex = make(f"hf-image:model={clip_dir},crop=frame,batch_size=2")
     feat = ex.extract(vclip(frames))
     assert ex.output == "projected"
     assert feat.data.shape == (5, 8) and feat.data.dtype == np.float32  # CLIP projection_dim
     assert np.array_equal(feat.timestamps, np.arange(5) * 0.2) and feat.mask.all() and feat.mask.shape == (5,)
     assert np.allclose(feat.pooled, feat.data.mean(axis=0))
-    one_batch = make(f"hf-image:model={clip_dir},batch_size=32").extract(vclip(frames)).data
+    one_batch = make(f"hf-image:model={clip_dir},crop=frame,batch_size=32").extract(vclip(frames)).data
     assert np.allclose(feat.data, one_batch, atol=1e-5)
-    assert np.array_equal(feat.data, make(f"hf-image:model={clip_dir},batch_size=2").extract(vclip(frames)).data)
+    assert np.array_equal(feat.data, make(f"hf-image:model={clip_dir},crop=frame,batch_size=2").extract(vclip(frames)).data)
     assert not np.allclose(feat.data[0], feat.data[1])
-    pooler = make(f"hf-image:model={clip_dir},output=pooler").extract(vclip(frames)).data
+    pooler = make(f"hf-image:model={clip_dir},crop=frame,output=pooler").extract(vclip(frames)).data
     assert pooler.shape == (5, 16)
     # crops of any size go through the same entry point (what face crops will use)
     crops = [frames[0, :20, :10], frames[1], frames[2, 5:37, 3:35]]
@@ -332,14 +332,14 @@ def test_hf_image_clip_series_pooled_and_batches(clip_dir, frames):
 
 
 def test_hf_image_dinov2_uses_the_pooled_cls(dino_dir, frames):
-    ex = make(f"hf-image:model={dino_dir}")
+    ex = make(f"hf-image:model={dino_dir},crop=frame")
     feat = ex.extract(vclip(frames))
     assert ex.output == "pooler" and feat.data.shape == (5, 16) and feat.pooled.shape == (16,)
-    cls = make(f"hf-image:model={dino_dir},output=cls").extract(vclip(frames)).data
-    mean = make(f"hf-image:model={dino_dir},output=mean").extract(vclip(frames)).data
+    cls = make(f"hf-image:model={dino_dir},crop=frame,output=cls").extract(vclip(frames)).data
+    mean = make(f"hf-image:model={dino_dir},crop=frame,output=mean").extract(vclip(frames)).data
     assert cls.shape == mean.shape == (5, 16) and not np.allclose(cls, mean)
     with pytest.raises(ModelLoadError, match="no image projection"):
-        make(f"hf-image:model={dino_dir},output=projected")
+        make(f"hf-image:model={dino_dir},crop=frame,output=projected")
     with pytest.raises(ExtractionError, match="no video stream"):
         ex.extract(Clip(id="a", path="a.wav", missing={"frames": "no video stream"}))
 
@@ -359,7 +359,7 @@ def test_cli_extract_with_tiny_models(hubert_dir, bert_dir, dino_dir, tmp_path):
     transcripts.write_text("name,text\na,i am so happy\nb,\n", encoding="utf-8")
     cache = tmp_path / "cache"
     specs = (f"hf-audio:model={hubert_dir},chunk_seconds=1,hf-text:model={bert_dir},"
-             f"hf-image:model={dino_dir},batch_size=4")
+             f"hf-image:model={dino_dir},crop=frame,batch_size=4")
     res = CliRunner().invoke(cli.main, ["extract", str(videos), "--cache", str(cache), "--features", specs,
                                         "--transcripts", str(transcripts), "--max-frames", "4", "--no-progress",
                                         "--device", "cpu"], catch_exceptions=False)
@@ -391,7 +391,7 @@ def test_jobs_1_and_2_identical_for_neural_extractors(hubert_dir, dino_dir, tmp_
     videos = tmp_path / "videos"
     for i in range(4):
         make_clip(videos / f"v{i}.mp4", seconds=1.0, size=(40, 48), seed=i, freq=150 + 40 * i)
-    specs = f"hf-audio:model={hubert_dir},hf-image:model={dino_dir}"
+    specs = f"hf-audio:model={hubert_dir},hf-image:model={dino_dir},crop=frame"
     values = {}
     for jobs in ("1", "2"):
         cache = tmp_path / f"cache{jobs}"

@@ -36,7 +36,7 @@ class HFImageConfig:
     output: str = "auto"  # auto | projected | pooler | cls | mean (see the module docstring)
     batch_size: int = 32  # frames per forward pass
     dtype: str = "float32"  # float32 | float16 | bfloat16
-    crop: str = "frame"  # frame: whole frames | face: the tracked largest face (extract/faces.py)
+    crop: str = "face"  # face: the tracked largest face (extract/faces.py) | frame: whole frames
     face_margin: float = 0.2  # crop=face: box grown by this fraction of its size on each side
     face_size: int = 224  # crop=face: side of the square crop handed to the processor
 
