@@ -1,0 +1,340 @@
+"""``cli.py fit`` and ``cli.py predict``: train on the feature cache, write / use a RUN_DIR.
+
+Registered in cli.py with ``main.add_command(fit)`` and ``main.add_command(predict)``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from extract.cache import CacheError, FeatureCache
+from models.data import (InputError, first_few, cached_ids, load_features, read_group_table, read_id_list, read_labels,
+                         resolve_features)
+from models.heads import HEADS
+from models.normalize import NORMALIZERS
+from models.run_dir import RunWriter, format_table, member_metrics, provenance, read_run, write_probs
+from models.train import (CLASS_WEIGHTS, MODELS, Problem, TrainConfig, cross_validate, load_model_file,
+                          predict_saved, resolve_device)
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def _seeds(text: str) -> tuple:
+    try:
+        seeds = tuple(int(s) for s in _csv_list(text) or [])
+    except ValueError:
+        raise InputError(f"--seeds {text!r}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seeds:
+        raise InputError("--seeds: give at least one seed")
+    return seeds
+
+
+@dataclass
+class FitReport:
+    run_dir: Path
+    metrics: list[dict]
+    n_labeled: int
+    n_test: int
+    messages: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _row_groups(ids, labels, group_table, groups_col, strict, note) -> np.ndarray:
+    """The normalisation group of every row: the --group-table, else the labels' --groups column."""
+    table: dict[str, str] = {}
+    if groups_col and labels.groups is not None:
+        table.update({i: g for i, g in zip(labels.ids, labels.groups)})
+    if group_table:
+        table.update(read_group_table(group_table, groups_col))
+    if not table:
+        raise InputError("--normalize group needs a group per clip: pass --group-table CSV (name,group) covering "
+                         "the clips to predict too, and/or --groups COLUMN of the labels")
+    uncovered = [i for i in ids if i not in table]
+    if uncovered:
+        msg = (f"--normalize group: {len(uncovered)} of {len(ids)} ids have no group "
+               f"(first: {first_few(uncovered)}); they get pool statistics"
+               + ("" if group_table else "; pass --group-table CSV (name,group) that covers the clips to predict"))
+        if strict:
+            raise InputError(msg)
+        note(msg)
+    return np.array([table.get(i, "") for i in ids], dtype=object)
+
+
+def run_fit(cache: str, labels: str, features: str, out: str, classes: str | None = None, groups: str | None = None,
+            folds: int = 5, seeds: str = "0", head: str = "mlp", model: str = "moe", epochs: int = 40,
+            batch_size: int = 64, device: str = "auto", normalize: str = "fold", group_table: str | None = None,
+            class_weight: str = "none", strict: bool = False, patience: int = 8, lr: float = 1e-3,
+            hidden: int = 256, layers: int = 1, heads: int = 4, dropout: float = 0.2, max_frames: int = 64,
+            progress: bool = True, warn=_warn) -> FitReport:
+    """Everything ``cli.py fit`` does, callable from Python (benchmarks, later stages)."""
+    t0 = time.time()
+    messages: list[str] = []
+
+    def note(msg):
+        messages.append(msg)
+        warn(msg)
+
+    if not Path(cache).is_dir():
+        raise InputError(f"--cache {cache}: no such directory; run `cli.py extract` first or fix the path")
+    if model == "attention" and head == "lgbm":
+        raise InputError("--head lgbm applies to --model moe (the attention baseline has its own MLP encoders)")
+    fc = FeatureCache(cache)
+    keys = resolve_features(fc, _csv_list(features) or [])
+    if not keys:
+        raise InputError("--features: give at least one feature key (see `cli.py cache info`)")
+    seed_list = _seeds(seeds)
+    lab, class_list = read_labels(labels, _csv_list(classes), groups, strict)
+    for m in lab.messages:
+        note(m)
+    known, usable = cached_ids(fc, keys)
+    absent = [i for i in lab.ids if i not in known]
+    if len(absent) == len(lab.ids) or not (set(lab.ids) & usable):
+        sample_cache = sorted(usable)[:3]
+        raise InputError(f"no labeled id of {labels} has a feature in cache {cache} for {', '.join(keys)} "
+                         f"(labels: {first_few(lab.ids, 3)}; cache: {', '.join(sample_cache) or 'empty'}): "
+                         "check --cache, --features and the labels' name column")
+    if absent:
+        msg = (f"{labels}: {len(absent)} of {len(lab.ids)} labeled ids are not in cache {cache} for the selected "
+               f"features (first: {first_few(absent)}); they are skipped")
+        if strict:
+            raise InputError(msg + " (--strict)")
+        note(msg + " (--strict makes this fatal)")
+    failed_only = [i for i in lab.ids if i in known and i not in usable]
+    if failed_only:
+        note(f"{len(failed_only)} labeled ids failed extraction in every selected feature (first: "
+             f"{first_few(failed_only)}); they are skipped")
+    keep_lab = [i for i in lab.ids if i in usable]
+    test_ids = sorted(usable - lab.all_names)
+    ids = sorted(set(keep_lab) | set(test_ids))
+    feats = load_features(fc, keys, ids, max_frames=max_frames)
+    any_present = np.any([fd.present for fd in feats], axis=0)
+    if not any_present.all():
+        dead = [ids[i] for i in np.flatnonzero(~any_present)]
+        note(f"{len(dead)} ids have no usable value in any selected feature (first: {first_few(dead)}); skipped")
+        rows = np.flatnonzero(any_present)
+        ids = [ids[i] for i in rows]
+        feats = [fd.take(rows) for fd in feats]
+    for fd in feats:
+        if fd.meta.get("n_nonfinite_dropped"):
+            note(f"feature {fd.key}: {fd.meta['n_nonfinite_dropped']} clips hold NaN/inf values; treated as missing")
+    pos = {cid: r for r, cid in enumerate(ids)}
+    lab_index = {cid: k for k, cid in enumerate(lab.ids)}
+    lab_ids = [i for i in keep_lab if i in pos]
+    lab_rows = np.array([pos[i] for i in lab_ids], dtype=np.int64)
+    y = np.array([lab.y[lab_index[i]] for i in lab_ids], dtype=np.int64)
+    cv_groups = None if lab.groups is None else np.array([lab.groups[lab_index[i]] for i in lab_ids], dtype=object)
+    test_rows = np.array([pos[i] for i in test_ids if i in pos], dtype=np.int64)
+    counts = np.bincount(y, minlength=len(class_list))
+    short = [(class_list[k], int(counts[k])) for k in range(len(class_list)) if 0 < counts[k] < folds]
+    if short:
+        raise InputError(f"{labels}: " + ", ".join(f"class {c!r} has {n} labeled clips" for c, n in short)
+                         + f", fewer than --folds {folds}: lower --folds, or drop the class from --classes")
+    empty = [class_list[k] for k in range(len(class_list)) if counts[k] == 0]
+    if empty:
+        note(f"classes with no labeled clip (never learned): {', '.join(empty)}")
+    row_groups = None
+    if normalize == "group":
+        row_groups = _row_groups(ids, lab, group_table, groups, strict, note)
+    dev = resolve_device(device)
+    cfg = TrainConfig(model=model, head=head, folds=folds, seeds=seed_list, epochs=epochs, patience=patience,
+                      batch_size=batch_size, lr=lr, hidden=hidden, n_layers=layers, n_heads=heads, dropout=dropout,
+                      normalize=normalize, class_weight=class_weight, device=dev)
+    problem = Problem(ids, feats, class_list, lab_rows, y, test_rows, groups=cv_groups, row_groups=row_groups)
+    writer = RunWriter(out)
+    writer.prepare()
+    config = {"cache": str(cache), "labels": str(labels), "features": keys, "classes": class_list,
+              "folds": folds, "seeds": list(seed_list), "model": model, "head": head, "normalize": normalize,
+              "group_table": None if group_table is None else str(group_table), "groups": groups,
+              "epochs": epochs, "batch_size": batch_size, "patience": patience, "lr": lr,
+              "weight_decay": cfg.weight_decay, "hidden": hidden, "layers": layers, "heads": heads,
+              "dropout": dropout, "max_frames": max_frames, "class_weight": class_weight, "device": dev,
+              "strict": strict, "pseudo": None, "n_labeled": len(lab_rows), "n_test": len(test_rows),
+              "feature_meta": {fd.key: fd.meta for fd in feats}, "provenance": provenance()}
+    writer.config(config)
+    writer.classes(class_list)
+    writer.labels(lab_ids, y, class_list)
+
+    def on_fold(fold, seed, saved, curve):
+        writer.model(fold, seed, saved)
+        writer.curve(fold, seed, curve)
+
+    result = cross_validate(problem, cfg, on_fold=on_fold, progress=progress)
+    writer.members(result.members)
+    test_names = [ids[r] for r in test_rows]
+    for m in result.members:
+        name = m["member"]
+        writer.probs("oof", name, lab_ids, result.oof[name], class_list)
+        writer.probs("test", name, test_names, result.test[name], class_list)
+    rows = member_metrics(result.members, result.oof, y)
+    writer.metrics(rows)
+    return FitReport(Path(out), rows, len(lab_rows), len(test_rows), messages, time.time() - t0)
+
+
+class _Errors:
+    """Turn bad-input exceptions into a one-line click error (exit code 1)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is not None and isinstance(exc, (InputError, CacheError, FileNotFoundError)):
+            raise click.ClickException(str(exc)) from None
+        return False
+
+
+@click.command("fit")
+@click.option("--cache", "cache", required=True, type=click.Path(file_okay=False), help="feature cache directory")
+@click.option("--labels", required=True, type=click.Path(dir_okay=False), help="labels CSV: name,discrete[,group...]")
+@click.option("--features", required=True, help="feature keys (or short forms, e.g. the extractor name), comma-separated")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory to write")
+@click.option("--classes", default=None, help="class order, comma-separated (default: the labels' classes, sorted)")
+@click.option("--groups", default=None, help="labels column whose groups never straddle train/validation (speaker)")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, None))
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds; results averaged over seeds")
+@click.option("--head", default="mlp", show_default=True, type=click.Choice(sorted(HEADS)),
+              help="expert head of vector features: transformer+MLP classifier, or LightGBM")
+@click.option("--model", default="moe", show_default=True, type=click.Choice(sorted(MODELS)),
+              help="moe: experts + fused + router; attention: the MERTools attention baseline")
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, None))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2, None))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--normalize", default="fold", show_default=True, type=click.Choice(sorted(NORMALIZERS)),
+              help="standardisation statistics: training fold, every cached clip, or per group")
+@click.option("--group-table", default=None, type=click.Path(dir_okay=False),
+              help="CSV name,group for --normalize group (must cover the clips to predict)")
+@click.option("--class-weight", default="none", show_default=True, type=click.Choice(CLASS_WEIGHTS))
+@click.option("--strict", is_flag=True, help="make skipped ids (absent from the cache, unknown class) fatal")
+@click.option("--patience", default=8, show_default=True, type=click.IntRange(1, None),
+              help="epochs without a better validation weighted F1 before stopping")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--hidden", default=256, show_default=True, type=click.IntRange(4, None))
+@click.option("--layers", default=1, show_default=True, type=click.IntRange(1, None), help="transformer layers")
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(1, None), help="attention heads")
+@click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
+@click.option("--max-frames", default=64, show_default=True, type=click.IntRange(1, None),
+              help="series features: at most this many frames per clip (evenly subsampled)")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0, None),
+              help="CPU threads for torch and LightGBM (0: torch's default); 1 is often faster on a busy machine")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def fit(cache, labels, features, out, classes, groups, folds, seeds, head, model, epochs, batch_size, device,
+        normalize, group_table, class_weight, strict, patience, lr, hidden, layers, heads, dropout, max_frames,
+        threads, quiet):
+    """Train the experts, fused expert and router (or the attention baseline) with cross-validation on the
+    cached features; write out-of-fold and unlabeled-id probabilities, curves, models and metrics."""
+    if hidden % heads:
+        raise click.BadParameter(f"--hidden {hidden} must be a multiple of --heads {heads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    with _Errors():
+        rep = run_fit(cache, labels, features, out, classes, groups, folds, seeds, head, model, epochs, batch_size,
+                      device, normalize, group_table, class_weight, strict, patience, lr, hidden, layers, heads,
+                      dropout, max_frames, progress=not quiet)
+    click.echo(format_table(rep.metrics))
+    click.echo(f"\n{rep.n_labeled} labeled clips (out-of-fold), {rep.n_test} unlabeled clips predicted, "
+               f"{len(rep.messages)} warnings, {rep.seconds:.1f} s")
+    click.echo(f"run directory: {rep.run_dir}  (metrics.csv, oof/, test/, models/, curves/, config.yaml)")
+
+
+def run_predict(run_dir, cache, ids_csv=None, group_table=None, device="cpu", strict=False, warn=_warn):
+    """Average the run's fold/seed models over ``ids`` (default: every cached id of the run's features).
+    Returns (ids, {member: probs (n, C) with NaN where the member has no prediction}, classes)."""
+    run = read_run(run_dir)
+    if not Path(cache).is_dir():
+        raise InputError(f"--cache {cache}: no such directory")
+    fc = FeatureCache(cache)
+    keys = list(run.config["features"])
+    missing_keys = [k for k in keys if k not in fc.keys()]
+    if missing_keys:
+        raise InputError(f"cache {cache} lacks the feature sets this run was trained on: {', '.join(missing_keys)}; "
+                         "extract them with the same configuration (the key holds its hash)")
+    known, usable = cached_ids(fc, keys)
+    if ids_csv:
+        want = list(dict.fromkeys(read_id_list(ids_csv)))
+        absent = [i for i in want if i not in usable]
+        if absent:
+            msg = (f"{ids_csv}: {len(absent)} of {len(want)} ids have no feature in cache {cache} "
+                   f"(first: {first_few(absent)}); they get no prediction")
+            if strict:
+                raise InputError(msg)
+            warn(msg)
+        ids = [i for i in want if i in usable]
+    else:
+        ids = sorted(usable)
+    if not ids:
+        raise InputError(f"no id to predict: none of the requested ids has a feature in cache {cache}")
+    feats = load_features(fc, keys, ids, max_frames=run.config.get("max_frames", 64))
+    any_present = np.any([fd.present for fd in feats], axis=0)
+    if not any_present.all():
+        rows = np.flatnonzero(any_present)
+        dead = [ids[i] for i in np.flatnonzero(~any_present)]
+        warn(f"{len(dead)} ids have no usable value in any feature of the run (first: {first_few(dead)}); no prediction")
+        ids = [ids[i] for i in rows]
+        feats = [fd.take(rows) for fd in feats]
+    row_groups = None
+    if run.config.get("normalize") == "group":
+        table = read_group_table(group_table) if group_table else {}
+        uncovered = [i for i in ids if i not in table]
+        if uncovered:
+            msg = (f"this run normalises per group: {len(uncovered)} ids have no group (first: {first_few(uncovered)}); "
+                   "they get pool statistics; pass --group-table CSV (name,group)")
+            if strict:
+                raise InputError(msg)
+            warn(msg)
+        row_groups = np.array([table.get(i, "") for i in ids], dtype=object)
+    c = len(run.classes)
+    sums, counts = {}, {}
+    from tqdm.auto import tqdm
+
+    for path in tqdm(run.model_files, desc="predict", unit="model"):
+        saved = load_model_file(path)
+        probs, present = predict_saved(saved, feats, row_groups, device)
+        for m, p in probs.items():
+            sums.setdefault(m, np.zeros((len(ids), c)))
+            counts.setdefault(m, np.zeros(len(ids)))
+            ok = present[m]
+            sums[m][ok] += p[ok]
+            counts[m][ok] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {m: sums[m] / counts[m][:, None] for m in sums}
+    return ids, out, run
+
+
+@click.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--cache", "cache", required=True, type=click.Path(file_okay=False), help="feature cache directory")
+@click.option("--ids", "ids_csv", default=None, type=click.Path(dir_okay=False),
+              help="CSV with a name column (default: every cached id of the run's features)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="probabilities CSV: name,<classes>")
+@click.option("--member", default=None, help="which member's probabilities (default: the routed output)")
+@click.option("--group-table", default=None, type=click.Path(dir_okay=False),
+              help="CSV name,group, for runs fitted with --normalize group")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--strict", is_flag=True, help="make ids without features fatal")
+def predict(run_dir, cache, ids_csv, out, member, group_table, device, strict):
+    """Class probabilities of clips with a fitted RUN_DIR (mean over its fold and seed models)."""
+    with _Errors():
+        ids, probs, run = run_predict(run_dir, cache, ids_csv, group_table, resolve_device(device), strict)
+        names = [m["member"] for m in run.members]
+        if member is None:
+            member = next(m["member"] for m in run.members if m["kind"] == "routed")
+        if member not in probs:
+            raise InputError(f"--member {member!r} is not a member of {run_dir} (members: {', '.join(names)})")
+        n = write_probs(Path(out), ids, probs[member], run.classes)
+    click.echo(f"{n} clips predicted by {member} ({len(run.model_files)} models of {run_dir}); "
+               f"{len(ids) - n} without a prediction; written to {out}", file=sys.stdout)

@@ -1,0 +1,43 @@
+"""The training loop's API for later stages: train-only rows, per-sample weights, folds."""
+import numpy as np
+
+import models.train as train
+from extract.cache import FeatureCache
+from models.data import load_features
+from models.synth import make_synthetic_cache
+
+
+def test_train_only_rows_join_every_training_fold_and_never_validation(tmp_path, monkeypatch):
+    syn = make_synthetic_cache(tmp_path / "cache", n_labeled=30, n_unlabeled=12)
+    fc = FeatureCache(syn.cache)
+    ids = sorted(syn.truth)
+    feats = load_features(fc, [syn.keys["vec"], syn.keys["lay"]], ids)
+    classes = sorted(set(syn.truth.values()))
+    pos = {c: i for i, c in enumerate(ids)}
+    lab = sorted(syn.labels)
+    lab_rows = np.array([pos[i] for i in lab])
+    y = np.array([classes.index(syn.labels[i]) for i in lab])
+    extra = np.array([pos[i] for i in sorted(syn.unlabeled)[:8]])
+    extra_y = np.array([classes.index(syn.truth[ids[r]]) for r in extra])
+    test_rows = np.array([pos[i] for i in sorted(syn.unlabeled)])
+    problem = train.Problem(ids, feats, classes, lab_rows, y, test_rows,
+                            train_only=train.TrainOnly(extra, extra_y, np.full(len(extra), 0.25)))
+    seen = []
+    real = train.train_model
+
+    def spy(model, tensors, train_rows, y_train, w_train, val_rows, y_val, cfg, seed, progress=None):
+        seen.append((set(train_rows.tolist()), set(val_rows.tolist()), dict(zip(train_rows.tolist(), w_train))))
+        return real(model, tensors, train_rows, y_train, w_train, val_rows, y_val, cfg, seed, progress)
+
+    monkeypatch.setattr(train, "train_model", spy)
+    cfg = train.TrainConfig(folds=3, epochs=2, hidden=8, n_heads=2, batch_size=8, device="cpu")
+    res = train.cross_validate(problem, cfg, progress=False)
+    assert len(seen) == 3
+    vals = set()
+    for tr, va, w in seen:
+        assert set(extra.tolist()) <= tr and not (set(extra.tolist()) & va)
+        assert all(w[r] == 0.25 for r in extra)              # per-sample weights reach the loop
+        vals |= va
+    assert vals == set(lab_rows.tolist())                     # each labeled id validated once
+    assert res.oof["routed"].shape == (len(lab), len(classes))
+    assert np.isfinite(res.oof["routed"]).all() and np.isfinite(res.test["routed"]).all()
