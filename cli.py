@@ -23,5 +23,8 @@ def main():
 for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, ensemble, evaluate):
     main.add_command(command)
 
+from models.cli_fit import fit, predict  # noqa: E402
+main.add_command(fit); main.add_command(predict)  # noqa: E702
+
 if __name__ == "__main__":
     main()
