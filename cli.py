@@ -9,6 +9,7 @@ import click
 from ensemble.cli_ensemble import ensemble, evaluate
 from extract.cli_extract import cache_group, extract_cmd, features_cmd
 from extract.cli_knowledge import export_annotator_cmd
+from models.cli_fit import fit, predict
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -20,11 +21,8 @@ def main():
     Chain: extract VIDEO_DIR -> fit -> (pseudo-label -> fit --pseudo) -> ensemble -> evaluate."""
 
 
-for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, ensemble, evaluate):
+for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, fit, predict, ensemble, evaluate):
     main.add_command(command)
-
-from models.cli_fit import fit, predict  # noqa: E402
-main.add_command(fit); main.add_command(predict)  # noqa: E702
 
 if __name__ == "__main__":
     main()
