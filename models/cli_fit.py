@@ -76,7 +76,7 @@ def _row_groups(ids, labels, group_table, groups_col, strict, note) -> np.ndarra
 
 def run_fit(cache: str, labels: str, features: str, out: str, classes: str | None = None, groups: str | None = None,
             folds: int = 5, seeds: str = "0", head: str = "mlp", model: str = "moe", epochs: int = 40,
-            batch_size: int = 64, device: str = "auto", normalize: str = "fold", group_table: str | None = None,
+            batch_size: int = 64, device: str = "auto", normalize: str = "pool", group_table: str | None = None,
             class_weight: str = "none", strict: bool = False, patience: int = 8, lr: float = 1e-3,
             hidden: int = 256, layers: int = 1, heads: int = 4, dropout: float = 0.2, max_frames: int = 64,
             progress: bool = True, warn=_warn) -> FitReport:
@@ -100,6 +100,8 @@ def run_fit(cache: str, labels: str, features: str, out: str, classes: str | Non
     lab, class_list = read_labels(labels, _csv_list(classes), groups, strict)
     for m in lab.messages:
         note(m)
+    if not lab.ids:
+        raise InputError(f"{labels}: no usable labeled row (see the warnings above)")
     known, usable = cached_ids(fc, keys)
     absent = [i for i in lab.ids if i not in known]
     if len(absent) == len(lab.ids) or not (set(lab.ids) & usable):
@@ -212,8 +214,10 @@ class _Errors:
 @click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, None))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2, None))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--normalize", default="fold", show_default=True, type=click.Choice(sorted(NORMALIZERS)),
-              help="standardisation statistics: training fold, every cached clip, or per group")
+@click.option("--normalize", default="pool", show_default=True, type=click.Choice(sorted(NORMALIZERS)),
+              help="standardisation statistics: training fold only; every cached clip, labeled or not (pool); "
+                   "per group (speaker) with --group-table. pool beat fold on held-out speakers in "
+                   "bench/bench_fit.py; group beats both when every clip's speaker is known")
 @click.option("--group-table", default=None, type=click.Path(dir_okay=False),
               help="CSV name,group for --normalize group (must cover the clips to predict)")
 @click.option("--class-weight", default="none", show_default=True, type=click.Choice(CLASS_WEIGHTS))

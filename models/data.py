@@ -20,6 +20,7 @@ import numpy as np
 from extract.cache import CacheError, FeatureCache
 
 TOKEN_KINDS = ("vector", "layers", "series")
+MER_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")   # MER2025 order
 
 
 class InputError(Exception):
@@ -82,7 +83,8 @@ def read_labels(path, classes: list[str] | None = None, groups: str | None = Non
                 strict: bool = False) -> tuple[Labels, list[str]]:
     """Read ``name,discrete[,...]``. Returns the labels and the class order.
 
-    Classes default to the labels' own set, sorted (a stable order). Rows with a label outside
+    Classes default to the labels' own set: in the MER order when they all are MER classes, else
+    sorted (a stable order either way). Rows with a label outside
     ``classes``, an empty name, or conflicting duplicate labels are skipped with a message
     (``strict`` makes that fatal).
     """
@@ -111,7 +113,8 @@ def read_labels(path, classes: list[str] | None = None, groups: str | None = Non
             raise InputError(msg)
         msgs.append(msg)
     if classes is None:
-        classes = sorted({lab for lab, _ in seen.values()})
+        found = {lab for lab, _ in seen.values()}
+        classes = [c for c in MER_CLASSES if c in found] if found <= set(MER_CLASSES) else sorted(found)
     outside = {n: lab for n, (lab, _) in seen.items() if lab not in classes and n not in conflicts}
     if outside:
         counts = Counter(outside.values())
@@ -207,7 +210,7 @@ def load_features(cache: FeatureCache, keys: list[str], ids: list[str], max_fram
             x = data
             tok = np.asarray(batch.mask, bool) & present[:, None]
             present &= tok.any(axis=1)           # a series with no valid frame is a missing modality
-        x = np.array(x, dtype=np.float32, copy=True)
+        x = np.ascontiguousarray(x, dtype=np.float32)   # the batch's own array: changed in place below
         tok = tok & present[:, None]
         x[~tok] = 0.0                            # after masking: never read by a prediction
         bad = ~np.isfinite(x).all(axis=(1, 2)) & present

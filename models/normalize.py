@@ -55,9 +55,10 @@ def fit_stats(fd: FeatureData, rows: np.ndarray) -> Stats:
 
 
 def _apply(x: np.ndarray, tok: np.ndarray, present: np.ndarray, st: Stats) -> np.ndarray:
-    y = (x - st.mean[None]) / st.std[None]
+    y = np.subtract(x, st.mean[None], dtype=np.float32)
+    y /= st.std[None]
     y[~(tok & present[:, None])] = 0.0
-    return y.astype(np.float32, copy=False)
+    return y
 
 
 @dataclass

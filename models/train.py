@@ -48,7 +48,7 @@ class TrainConfig:
     n_layers: int = 1
     n_heads: int = 4
     dropout: float = 0.2
-    normalize: str = "fold"
+    normalize: str = "pool"
     class_weight: str = "none"
     device: str = "cpu"
 
