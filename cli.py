@@ -10,6 +10,7 @@ from ensemble.cli_ensemble import ensemble, evaluate
 from extract.cli_extract import cache_group, extract_cmd, features_cmd
 from extract.cli_knowledge import export_annotator_cmd
 from models.cli_fit import fit, predict
+from models.cli_pseudo import pseudo_label
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -21,7 +22,8 @@ def main():
     Chain: extract VIDEO_DIR -> fit -> (pseudo-label -> fit --pseudo) -> ensemble -> evaluate."""
 
 
-for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, fit, predict, ensemble, evaluate):
+for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, fit, predict,
+                pseudo_label, ensemble, evaluate):
     main.add_command(command)
 
 if __name__ == "__main__":
