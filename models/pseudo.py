@@ -1,0 +1,148 @@
+"""Consensus pseudo-labels: keep an unlabeled clip only when two independent judges agree.
+
+Judge 1 is the stage-1 model (its routed output, averaged over folds and seeds); judge 2 is an
+annotator (VLM/Gemini answers, or any outside labels). A clip is kept when
+
+    argmax(model) == annotator label
+    and  model confidence (max probability)     >= threshold of that class (global --min-confidence
+                                                   or per class --class-thresholds)
+    and  annotator confidence                   >= --min-annotator-confidence
+
+The output CSV (``name,discrete,confidence,annotator_label,annotator_confidence``) has a sidecar
+``<csv>.meta.json`` with the thresholds, the stage-1 run, the annotator file and the counts, so a
+stage-2 run records where its pseudo-labels came from.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PSEUDO_COLUMNS = ("name", "discrete", "confidence", "annotator_label", "annotator_confidence")
+
+
+class PseudoError(ValueError):
+    """Bad input for pseudo-labeling (message names the file and what to do)."""
+
+
+def parse_class_thresholds(text: str | None, classes: list[str]) -> dict[str, float]:
+    """``happy=0.9,worried=0.8`` -> {class: threshold}; unknown classes and bad values are errors."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq:
+            raise PseudoError(f"--class-thresholds: {item!r} must look like class=threshold, e.g. happy=0.9")
+        if name not in classes:
+            raise PseudoError(f"--class-thresholds: unknown class {name!r}; classes: {', '.join(classes)}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise PseudoError(f"--class-thresholds: {item!r}: threshold must be a number in [0, 1]") from None
+        if not 0.0 <= v <= 1.0:
+            raise PseudoError(f"--class-thresholds: {item!r}: threshold must be in [0, 1]")
+        out[name] = v
+    return out
+
+
+@dataclass
+class Selection:
+    ids: list[str]
+    pred: np.ndarray  # model's class index per id
+    conf: np.ndarray  # model's max probability
+    ann_label: list[str | None]  # annotator label (None: no answer, or not one of the classes)
+    ann_conf: np.ndarray
+    keep: np.ndarray  # bool
+    classes: list[str]
+    counts: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        return [{"name": cid, "discrete": self.classes[int(p)], "confidence": f"{c:.6f}",
+                 "annotator_label": a, "annotator_confidence": f"{ac:.6f}"}
+                for cid, p, c, a, ac, k in zip(self.ids, self.pred, self.conf, self.ann_label, self.ann_conf, self.keep)
+                if k]
+
+
+def select(ids: list[str], probs: np.ndarray, classes: list[str], annotator, min_confidence: float = 0.0,
+           class_thresholds: dict[str, float] | None = None, min_annotator_confidence: float = 0.0) -> Selection:
+    """Agreement filter. ``annotator`` is an ensemble.annotator.Annotator (answers by id)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    valid = np.isfinite(probs).all(axis=1)
+    pred = np.where(valid, np.nan_to_num(probs).argmax(axis=1), -1)
+    conf = np.where(valid, np.nan_to_num(probs).max(axis=1), 0.0)
+    thr = np.array([(class_thresholds or {}).get(c, min_confidence) for c in classes])
+    lower = {c.lower(): c for c in classes}
+    ann_label, ann_conf = [], np.zeros(len(ids))
+    no_answer = outside = 0
+    for i, cid in enumerate(ids):
+        ans = annotator.answers.get(cid)
+        if ans is None:
+            no_answer += 1
+            ann_label.append(None)
+            continue
+        label = lower.get(str(ans.label).strip().lower())
+        if label is None:
+            outside += 1
+        ann_label.append(label)
+        ann_conf[i] = float(ans.confidence)
+    agree = np.array([p >= 0 and a is not None and classes[int(p)] == a for p, a in zip(pred, ann_label)], dtype=bool)
+    model_ok = valid & (conf >= thr[np.maximum(pred, 0)])
+    keep = agree & model_ok & (ann_conf >= min_annotator_confidence)
+    answered = len(ids) - no_answer - outside
+    counts = {
+        "candidates": len(ids), "with_model_prediction": int(valid.sum()), "annotator_answers": len(ids) - no_answer,
+        "annotator_missing": no_answer, "annotator_label_outside_classes": outside,
+        "agree": int(agree.sum()), "agreement_rate": float(agree.sum() / answered) if answered else 0.0,
+        "kept": int(keep.sum()),
+        "kept_per_class": {c: int(((pred == k) & keep).sum()) for k, c in enumerate(classes)},
+        "agree_per_class": {c: int(((pred == k) & agree).sum()) for k, c in enumerate(classes)},
+    }
+    return Selection(list(ids), pred, conf, ann_label, ann_conf, keep, list(classes), counts)
+
+
+def write_pseudo(path: str | Path, sel: Selection, meta: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=PSEUDO_COLUMNS)
+        w.writeheader()
+        w.writerows(sel.rows())
+    meta = dict(meta, counts=sel.counts, classes=sel.classes, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    Path(str(path) + ".meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    return path
+
+
+@dataclass
+class PseudoLabels:
+    path: Path
+    ids: list[str]
+    labels: list[str]
+    confidence: np.ndarray
+    meta: dict
+
+
+def read_pseudo(path: str | Path, classes: list[str]) -> PseudoLabels:
+    """Read a pseudo-label CSV (name,discrete[,confidence...]) and its meta sidecar if present."""
+    path = Path(path)
+    if not path.is_file():
+        raise PseudoError(f"pseudo-label file {path} does not exist (make one with `cli.py pseudo-label`)")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        if "name" not in cols or "discrete" not in cols:
+            raise PseudoError(f"{path}: needs columns name,discrete (has: {', '.join(cols)})")
+        rows = list(reader)
+    unknown = sorted({r["discrete"] for r in rows} - set(classes))
+    if unknown:
+        raise PseudoError(f"{path}: labels outside the classes ({', '.join(classes)}): {', '.join(unknown)}")
+    ids = [r["name"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise PseudoError(f"{path}: an id appears twice")
+    conf = np.array([float(r.get("confidence") or 1.0) for r in rows])
+    meta_path = Path(str(path) + ".meta.json")
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return PseudoLabels(path, ids, [r["discrete"] for r in rows], conf, meta)
