@@ -8,6 +8,8 @@ get the booster fitted on the whole training fold.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -65,6 +67,9 @@ def crossfit_proba(x, y, w, groups, n_classes: int, seed: int, inner_folds: int 
     else:
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y)
     out = np.zeros((len(x), n_classes))
+    with warnings.catch_warnings():   # a rare class in a small training fold: expected, not the user's problem
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(splits)
     for tr, va in splits:
         model = LGBMExpert(n_classes, seed=seed, n_jobs=n_jobs).fit(x[tr], y[tr], None if w is None else w[tr])
         out[va] = model.predict_proba(x[va])
