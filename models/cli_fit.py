@@ -17,8 +17,9 @@ from models.data import (InputError, first_few, cached_ids, load_features, read_
                          resolve_features)
 from models.heads import HEADS
 from models.normalize import NORMALIZERS
+from models.pseudo import read_pseudo
 from models.run_dir import RunWriter, format_table, member_metrics, provenance, read_run, write_probs
-from models.train import (CLASS_WEIGHTS, MODELS, Problem, TrainConfig, cross_validate, load_model_file,
+from models.train import (CLASS_WEIGHTS, MODELS, Problem, TrainConfig, TrainOnly, cross_validate, load_model_file,
                           predict_saved, resolve_device)
 
 
@@ -79,7 +80,8 @@ def run_fit(cache: str, labels: str, features: str, out: str, classes: str | Non
             batch_size: int = 64, device: str = "auto", normalize: str = "pool", group_table: str | None = None,
             class_weight: str = "none", strict: bool = False, patience: int = 8, lr: float = 1e-3,
             hidden: int = 256, layers: int = 1, heads: int = 4, dropout: float = 0.2, max_frames: int = 64,
-            progress: bool = True, warn=_warn) -> FitReport:
+            progress: bool = True, warn=_warn, pseudo: str | None = None, stage2: str = "joint",
+            pseudo_weight: float = 1.0) -> FitReport:
     """Everything ``cli.py fit`` does, callable from Python (benchmarks, later stages)."""
     t0 = time.time()
     messages: list[str] = []
@@ -120,6 +122,17 @@ def run_fit(cache: str, labels: str, features: str, out: str, classes: str | Non
         note(f"{len(failed_only)} labeled ids failed extraction in every selected feature (first: "
              f"{first_few(failed_only)}); they are skipped")
     keep_lab = [i for i in lab.ids if i in usable]
+    pl = None
+    if pseudo is not None:  # stage 2: pseudo-labeled clips join training, never validation
+        pl = read_pseudo(pseudo, class_list)
+        overlap = [i for i in pl.ids if i in lab.all_names]
+        if overlap:
+            raise InputError(f"pseudo-label file {pseudo}: {len(overlap)} ids are in the labeled set {labels} "
+                             f"(first: {first_few(overlap)}); refused: pseudo-labels must come from unlabeled clips")
+        no_feat = [i for i in pl.ids if i not in usable]
+        if no_feat:
+            note(f"{pseudo}: {len(no_feat)} pseudo-labeled ids have no feature in cache {cache} "
+                 f"(first: {first_few(no_feat)}); they are skipped")
     test_ids = sorted(usable - lab.all_names)
     ids = sorted(set(keep_lab) | set(test_ids))
     feats = load_features(fc, keys, ids, max_frames=max_frames)
@@ -154,8 +167,17 @@ def run_fit(cache: str, labels: str, features: str, out: str, classes: str | Non
     dev = resolve_device(device)
     cfg = TrainConfig(model=model, head=head, folds=folds, seeds=seed_list, epochs=epochs, patience=patience,
                       batch_size=batch_size, lr=lr, hidden=hidden, n_layers=layers, n_heads=heads, dropout=dropout,
-                      normalize=normalize, class_weight=class_weight, device=dev)
-    problem = Problem(ids, feats, class_list, lab_rows, y, test_rows, groups=cv_groups, row_groups=row_groups)
+                      normalize=normalize, class_weight=class_weight, device=dev, stage2=stage2)
+    train_only = None
+    if pl is not None:
+        prow = [(pos[i], class_list.index(c)) for i, c in zip(pl.ids, pl.labels) if i in pos]
+        if not prow:
+            raise InputError(f"pseudo-label file {pseudo}: none of its ids has features in cache {cache}")
+        train_only = TrainOnly(rows=np.array([r for r, _ in prow], dtype=np.int64),
+                               y=np.array([k for _, k in prow], dtype=np.int64),
+                               weights=np.full(len(prow), float(pseudo_weight)))
+    problem = Problem(ids, feats, class_list, lab_rows, y, test_rows, groups=cv_groups, row_groups=row_groups,
+                      train_only=train_only)
     writer = RunWriter(out)
     writer.prepare()
     config = {"cache": str(cache), "labels": str(labels), "features": keys, "classes": class_list,
@@ -164,7 +186,10 @@ def run_fit(cache: str, labels: str, features: str, out: str, classes: str | Non
               "epochs": epochs, "batch_size": batch_size, "patience": patience, "lr": lr,
               "weight_decay": cfg.weight_decay, "hidden": hidden, "layers": layers, "heads": heads,
               "dropout": dropout, "max_frames": max_frames, "class_weight": class_weight, "device": dev,
-              "strict": strict, "pseudo": None, "n_labeled": len(lab_rows), "n_test": len(test_rows),
+              "strict": strict, "pseudo": None if pl is None else str(Path(pseudo).resolve()),
+              "stage2": None if pl is None else stage2, "stage2_weight": None if pl is None else pseudo_weight,
+              "stage2_clips": 0 if train_only is None else len(train_only.rows),
+              "pseudo_meta": None if pl is None else pl.meta, "n_labeled": len(lab_rows), "n_test": len(test_rows),
               "feature_meta": {fd.key: fd.meta for fd in feats}, "provenance": provenance()}
     writer.config(config)
     writer.classes(class_list)
@@ -233,10 +258,23 @@ class _Errors:
               help="series features: at most this many frames per clip (evenly subsampled)")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, None),
               help="CPU threads for torch and LightGBM (0: torch's default); 1 is often faster on a busy machine")
+@click.option("--pseudo", default=None, type=click.Path(dir_okay=False),
+              help="stage 2: pseudo-label CSV from `cli.py pseudo-label`; its clips join every training fold and "
+                   "never a validation fold")
+@click.option("--stage2", default="joint", show_default=True, type=click.Choice(["joint", "pretrain-finetune"]),
+              help="joint: train on labeled + pseudo-labeled clips; pretrain-finetune: pre-train on the "
+                   "pseudo-labeled clips, then fine-tune on the labeled ones (per fold)")
+@click.option("--pseudo-weight", default=0.5, show_default=True, type=click.FloatRange(0, None, min_open=True),
+              help="loss weight of a pseudo-labeled clip (a labeled clip weighs 1)")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, None),
+              help="repeat pseudo-label -> train this many times (re-labels with the newest run, the same "
+                   "annotator and thresholds as --pseudo); earlier rounds go to RUN_DIR-round<k>")
+@click.option("--stage1", "stage1_dir", default=None, type=click.Path(file_okay=False),
+              help="stage-1 RUN_DIR to compare with (default: the one --pseudo was made from)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def fit(cache, labels, features, out, classes, groups, folds, seeds, head, model, epochs, batch_size, device,
         normalize, group_table, class_weight, strict, patience, lr, hidden, layers, heads, dropout, max_frames,
-        threads, quiet):
+        threads, pseudo, stage2, pseudo_weight, rounds, stage1_dir, quiet):
     """Train the experts, fused expert and router (or the attention baseline) with cross-validation on the
     cached features; write out-of-fold and unlabeled-id probabilities, curves, models and metrics."""
     if hidden % heads:
@@ -245,14 +283,85 @@ def fit(cache, labels, features, out, classes, groups, folds, seeds, head, model
         import torch
 
         torch.set_num_threads(threads)
+    if rounds > 1 and pseudo is None:
+        raise click.BadParameter("--rounds needs --pseudo (the first round's pseudo-labels)")
     with _Errors():
-        rep = run_fit(cache, labels, features, out, classes, groups, folds, seeds, head, model, epochs, batch_size,
-                      device, normalize, group_table, class_weight, strict, patience, lr, hidden, layers, heads,
-                      dropout, max_frames, progress=not quiet)
+        args = (cache, labels, features)
+        kw = dict(classes=classes, groups=groups, folds=folds, seeds=seeds, head=head, model=model, epochs=epochs,
+                  batch_size=batch_size, device=device, normalize=normalize, group_table=group_table,
+                  class_weight=class_weight, strict=strict, patience=patience, lr=lr, hidden=hidden, layers=layers,
+                  heads=heads, dropout=dropout, max_frames=max_frames, progress=not quiet, stage2=stage2,
+                  pseudo_weight=pseudo_weight)
+        current = pseudo
+        for r in range(1, rounds + 1):
+            run_out = out if r == rounds else f"{out}-round{r}"
+            if r > 1:
+                current = relabel(prev, cache, current, Path(prev) / f"pseudo_round{r}.csv", group_table, device)
+            if rounds > 1:
+                click.echo(f"round {r}/{rounds}: pseudo-labels {current} -> {run_out}")
+            rep = run_fit(*args, run_out, pseudo=current, **kw)
+            prev = run_out
     click.echo(format_table(rep.metrics))
+    stage1_dir = stage1_dir or _stage1_of(pseudo)
+    if pseudo is not None and stage1_dir:
+        click.echo("\nstage 1 vs stage 2 (out-of-fold weighted F1 on the labeled clips):")
+        click.echo(compare_stages(stage1_dir, out))
     click.echo(f"\n{rep.n_labeled} labeled clips (out-of-fold), {rep.n_test} unlabeled clips predicted, "
                f"{len(rep.messages)} warnings, {rep.seconds:.1f} s")
     click.echo(f"run directory: {rep.run_dir}  (metrics.csv, oof/, test/, models/, curves/, config.yaml)")
+
+
+def _stage1_of(pseudo) -> str | None:
+    if pseudo is None:
+        return None
+    meta_path = Path(str(pseudo) + ".meta.json")
+    if not meta_path.is_file():
+        return None
+    import json
+
+    run = json.loads(meta_path.read_text(encoding="utf-8")).get("stage1_run")
+    return run if run and (Path(run) / "metrics.csv").is_file() else None
+
+
+def relabel(run_dir, cache, pseudo, out, group_table, device) -> str:
+    """Next round's pseudo-labels: the newest run + the annotator and thresholds of ``pseudo``."""
+    from models.cli_pseudo import run_pseudo_label
+    from models.pseudo import PseudoError
+
+    meta = read_pseudo(pseudo, read_run(run_dir).classes).meta
+    if not meta.get("annotator"):
+        raise InputError(f"--rounds: {pseudo} has no meta sidecar naming its annotator; make it with "
+                         "`cli.py pseudo-label`")
+    thresholds = ",".join(f"{k}={v}" for k, v in (meta.get("class_thresholds") or {}).items()) or None
+    try:
+        sel = run_pseudo_label(run_dir, cache, meta["annotator"], out, None, meta.get("min_confidence", 0.0),
+                               thresholds, meta.get("min_annotator_confidence", 0.0), group_table,
+                               resolve_device(device))
+    except PseudoError as exc:
+        raise InputError(str(exc)) from None
+    click.echo(f"re-labeled with {run_dir}: kept {sel.counts['kept']} of {sel.counts['candidates']} -> {out}")
+    return str(out)
+
+
+def compare_stages(stage1_dir, stage2_dir) -> str:
+    """Side-by-side table of two runs' metrics.csv; also written to <stage2>/metrics_vs_stage1.csv."""
+    import csv
+
+    def read(d):
+        with open(Path(d) / "metrics.csv", newline="") as fh:
+            return {r["member"]: r for r in csv.DictReader(fh)}
+
+    a, b = read(stage1_dir), read(stage2_dir)
+    names = [m for m in b if m in a]
+    width = max([len("member")] + [len(m) for m in names])
+    lines = [f"{'member':<{width}}  {'stage 1':>8}  {'stage 2':>8}  {'change':>7}"]
+    rows = ["member,stage1_weighted_f1,stage2_weighted_f1,change"]
+    for m in names:
+        f1, f2 = float(a[m]["weighted_f1"]), float(b[m]["weighted_f1"])
+        lines.append(f"{m:<{width}}  {f1:>8.4f}  {f2:>8.4f}  {f2 - f1:>+7.4f}")
+        rows.append(f"{m},{f1:.6f},{f2:.6f},{f2 - f1:.6f}")
+    (Path(stage2_dir) / "metrics_vs_stage1.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return "\n".join(lines) + f"\n(stage 1: {stage1_dir})"
 
 
 def run_predict(run_dir, cache, ids_csv=None, group_table=None, device="cpu", strict=False, warn=_warn):

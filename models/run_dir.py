@@ -109,8 +109,9 @@ class RunWriter:
         _atomic_write(self.root / "members.json", json.dumps(members, indent=1) + "\n")
 
     def curve(self, fold, seed, rows) -> None:
-        lines = ["epoch,train_loss,val_loss,val_weighted_f1"] + [
-            f"{r['epoch']},{r['train_loss']:.6f},{r['val_loss']:.6f},{r['val_weighted_f1']:.6f}" for r in rows]
+        lines = ["epoch,train_loss,val_loss,val_weighted_f1,phase"] + [
+            f"{r['epoch']},{r['train_loss']:.6f},{r['val_loss']:.6f},{r['val_weighted_f1']:.6f},{r.get('phase', 'train')}"
+            for r in rows]
         _atomic_write(self.root / "curves" / f"fold{fold}_seed{seed}.csv", "\n".join(lines) + "\n")
 
     def model(self, fold, seed, saved: dict) -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     normalize: str = "pool"
     class_weight: str = "none"
     device: str = "cpu"
+    stage2: str = "joint"  # how Problem.train_only rows are used: joint | pretrain-finetune
 
     def arch(self) -> dict:
         return dict(hidden=self.hidden, n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout)
@@ -330,6 +331,8 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
                 train_rows = problem.lab_rows[tr]
                 y_train, w_train = problem.y[tr], weights[tr]
                 g_train = None if problem.groups is None else problem.groups[tr]
+                pretrain = problem.train_only is not None and cfg.stage2 == "pretrain-finetune"
+                lab_train = (train_rows, y_train, w_train)
                 if problem.train_only is not None:
                     t = problem.train_only
                     train_rows = np.concatenate([train_rows, t.rows])
@@ -348,8 +351,19 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
                 del xs_np
                 model = build_model(cfg.model, specs, c, cfg.arch()).to(cfg.device)
                 val_rows = problem.lab_rows[va]
-                curve, best_epoch, best_f1 = train_model(model, tensors, train_rows, y_train, w_train, val_rows,
-                                                         problem.y[va], cfg, run_seed, progress=bar)
+                if pretrain:  # stage 2, pretrain-finetune: pseudo-labeled rows first, then the labeled fold
+                    t = problem.train_only
+                    w_pre = t.weights * class_weights(t.y, c, cfg.class_weight)[t.y]
+                    curve0, _, _ = train_model(model, tensors, t.rows, t.y, w_pre, val_rows, problem.y[va], cfg,
+                                               run_seed + 500, progress=bar)
+                    rows_l, y_l, w_l = lab_train
+                    w_l = w_l * class_weights(y_l, c, cfg.class_weight)[y_l]
+                    curve, best_epoch, best_f1 = train_model(model, tensors, rows_l, y_l, w_l, val_rows,
+                                                             problem.y[va], cfg, run_seed, progress=bar)
+                    curve = [dict(r, phase="pretrain") for r in curve0] + [dict(r, phase="finetune") for r in curve]
+                else:
+                    curve, best_epoch, best_f1 = train_model(model, tensors, train_rows, y_train, w_train, val_rows,
+                                                             problem.y[va], cfg, run_seed, progress=bar)
                 probs, present, _ = predict_rows(model, tensors, val_rows, cfg.device)
                 for m in names:
                     ok = present[m]

@@ -76,7 +76,7 @@ def test_run_dir_follows_the_contract(syn, moe_run):
     assert cfg["provenance"]["libraries"]["torch"] and cfg["feature_meta"][syn.keys["vec"]]["extractor"] == "vec"
     assert sorted(p.name for p in (run / "models").iterdir()) == [f"fold{k}_seed0.pt" for k in range(3)]
     curve = (run / "curves" / "fold0_seed0.csv").read_text().splitlines()
-    assert curve[0] == "epoch,train_loss,val_loss,val_weighted_f1" and len(curve) >= 2
+    assert curve[0] == "epoch,train_loss,val_loss,val_weighted_f1,phase" and len(curve) >= 2
 
 
 def test_same_seed_gives_identical_probabilities(syn, moe_run, tmp_path):
