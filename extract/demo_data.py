@@ -4,8 +4,9 @@ Nothing here is real emotional data. Each clip is 2 s of:
   * voice: a harmonic tone whose pitch, loudness, vibrato and rate depend on the class, shifted per
     "speaker" (so speaker normalisation matters, as on real speech);
   * face: a real photo (scikit-image's astronaut, public domain, NASA) whose mouth, eyes and brows
-    are warped in a class-dependent way, with per-clip jitter, so the MediaPipe blendshapes move;
-  * transcript: a class-typical English sentence, or (25%) a neutral one.
+    are warped in a class-dependent way (in 65% of clips; the rest show the plain face), with
+    per-clip jitter, so the MediaPipe blendshapes move;
+  * transcript: a class-typical English sentence, or (35%) one of a random class.
 It also writes a simulated annotator (a noisy judge, right about 70% of the time) standing in for
 VLM/Gemini answers, and the true labels of the unlabeled clips for the final evaluation only.
 """
@@ -80,7 +81,7 @@ def face_for(cls: str, rng: np.random.Generator, base: np.ndarray) -> np.ndarray
         "worried": lambda a: _stretch(a, 30, 70, 1.3 * j()),
         "surprise": lambda a: _open_mouth(_stretch(a, 30, 70, 1.25 * j()), 1.1 * j()),
     }
-    face = warps[cls](base)
+    face = warps[cls if rng.random() < 0.65 else "neutral"](base)  # faces do not always show it
     shift = rng.integers(-6, 7, size=2)
     face = np.roll(face, tuple(shift), axis=(0, 1))
     gain = rng.uniform(0.85, 1.15)
@@ -89,8 +90,8 @@ def face_for(cls: str, rng: np.random.Generator, base: np.ndarray) -> np.ndarray
 
 def voice_for(cls: str, rng: np.random.Generator, speaker_shift: float, seconds: float, rate: int) -> np.ndarray:
     f0, amp, vib, trem = VOICE[cls]
-    x = tone(seconds, rate, freq=f0 * speaker_shift * (1 + rng.normal(0, 0.04)), seed=int(rng.integers(1 << 30)),
-             amp=amp * rng.uniform(0.8, 1.2), vibrato=vib, noise=0.02)[0]
+    x = tone(seconds, rate, freq=f0 * speaker_shift * (1 + rng.normal(0, 0.08)), seed=int(rng.integers(1 << 30)),
+             amp=amp * rng.uniform(0.6, 1.4), vibrato=vib * rng.uniform(0.3, 1.5), noise=0.05)[0]
     if trem:
         t = np.arange(len(x)) / rate
         x = x * (0.75 + 0.25 * np.sin(2 * np.pi * trem * t))
@@ -122,7 +123,7 @@ def make_demo_set(out: str | Path, labeled_per_class: int = 12, unlabeled_per_cl
         frames = np.stack([np.roll(frame, int(rng.integers(-2, 3)), axis=1) for _ in range(int(seconds * fps))])
         audio = voice_for(cls, rng, shifts[row["speaker"]], seconds, 16000)
         write_media(videos / f"{row['name']}.mp4", frames, fps=fps, audio=audio, rate=16000)
-        sentence_cls = cls if rng.random() > 0.25 else "neutral"
+        sentence_cls = cls if rng.random() > 0.35 else str(rng.choice(classes))
         texts.append({"name": row["name"], "text": str(rng.choice(SENTENCES[sentence_cls]))})
         answers.append(_annotator_answer(cls, classes, rng))
     _write_csv(out / "labels.csv", ["name", "discrete", "speaker"], [r for r in rows if r["role"] == "labeled"])
