@@ -230,30 +230,35 @@ class _Errors:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory to write")
 @click.option("--classes", default=None, help="class order, comma-separated (default: the labels' classes, sorted)")
 @click.option("--groups", default=None, help="labels column whose groups never straddle train/validation (speaker)")
-@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, None))
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, None),
+              help="cross-validation folds (stratified; grouped by --groups)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds; results averaged over seeds")
 @click.option("--head", default="mlp", show_default=True, type=click.Choice(sorted(HEADS)),
               help="expert head of vector features: transformer+MLP classifier, or LightGBM")
 @click.option("--model", default="moe", show_default=True, type=click.Choice(sorted(MODELS)),
               help="moe: experts + fused + router; attention: the MERTools attention baseline")
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, None))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2, None))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, None),
+              help="maximum training epochs per fold (early stopping on validation weighted F1)")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2, None), help="training batch size")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: a GPU when present")
 @click.option("--normalize", default="pool", show_default=True, type=click.Choice(sorted(NORMALIZERS)),
               help="standardisation statistics: training fold only; every cached clip, labeled or not (pool); "
                    "per group (speaker) with --group-table. pool beat fold on held-out speakers in "
                    "bench/bench_fit.py; group beats both when every clip's speaker is known")
 @click.option("--group-table", default=None, type=click.Path(dir_okay=False),
               help="CSV name,group for --normalize group (must cover the clips to predict)")
-@click.option("--class-weight", default="none", show_default=True, type=click.Choice(CLASS_WEIGHTS))
+@click.option("--class-weight", default="none", show_default=True, type=click.Choice(CLASS_WEIGHTS),
+              help="balanced: weight the loss by inverse class frequency")
 @click.option("--strict", is_flag=True, help="make skipped ids (absent from the cache, unknown class) fatal")
 @click.option("--patience", default=8, show_default=True, type=click.IntRange(1, None),
               help="epochs without a better validation weighted F1 before stopping")
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--hidden", default=256, show_default=True, type=click.IntRange(4, None))
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate")
+@click.option("--hidden", default=256, show_default=True, type=click.IntRange(4, None),
+              help="hidden size of every expert (the paper: 256)")
 @click.option("--layers", default=1, show_default=True, type=click.IntRange(1, None), help="transformer layers")
 @click.option("--heads", default=4, show_default=True, type=click.IntRange(1, None), help="attention heads")
-@click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
+@click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9), help="dropout rate")
 @click.option("--max-frames", default=64, show_default=True, type=click.IntRange(1, None),
               help="series features: at most this many frames per clip (evenly subsampled)")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, None),
@@ -437,7 +442,8 @@ def run_predict(run_dir, cache, ids_csv=None, group_table=None, device="cpu", st
 @click.option("--member", default=None, help="which member's probabilities (default: the routed output)")
 @click.option("--group-table", default=None, type=click.Path(dir_okay=False),
               help="CSV name,group, for runs fitted with --normalize group")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: a GPU when present")
 @click.option("--strict", is_flag=True, help="make ids without features fatal")
 def predict(run_dir, cache, ids_csv, out, member, group_table, device, strict):
     """Class probabilities of clips with a fitted RUN_DIR (mean over its fold and seed models)."""
