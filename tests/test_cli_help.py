@@ -22,7 +22,8 @@ def test_every_option_has_help_and_default(path, cmd):
     for p in cmd.params:
         if isinstance(p, click.Option) and not p.hidden:
             assert p.help, f"{' '.join(path)} {p.opts[0]} has no help"
-            has_default = p.default not in (None, False, ()) and not p.required and not p.multiple
+            has_default = (not p.is_flag and p.default not in (None, ()) and "UNSET" not in repr(p.default)
+                           and not p.required and not p.multiple)
             if has_default and not callable(p.default):
                 assert "default:" in res.output, f"{' '.join(path)}: defaults are not shown"
 
