@@ -212,15 +212,17 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         raise UsageError(f"video folder {video_dir} does not exist or is not a folder")
     if not extractors:
         raise UsageError("no extractor requested")
-    keys = [ex.key for ex in extractors]
-    if len(set(keys)) != len(keys):
-        raise UsageError("the same feature set is requested twice")
+    provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
         try:
             ex.preflight(load=jobs == 1)
+            provenance[ex.key] = ex.provenance()
         except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
-            raise UsageError(f"{ex.name} ({ex.key}) cannot start: {exc}") from exc
+            raise UsageError(f"{ex.name} cannot start: {exc}") from exc
+    keys = [ex.key for ex in extractors]
+    if len(set(keys)) != len(keys):
+        raise UsageError("the same feature set is requested twice")
     start = time.perf_counter()
     summary = Summary(cache=str(cache_dir), keys=keys)
     files, collisions = media.discover(video_dir)
@@ -230,7 +232,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     with cache.lock():
         writers: dict[str, ShardWriter] = {}
         for ex in extractors:
-            fs = cache.create(ex.key, ex.provenance())
+            fs = cache.create(ex.key, provenance[ex.key])
             writers[ex.key] = ShardWriter(fs, ex.kind, {"source_dir": video_dir.name,
                                                          "transcripts": transcripts_source or ""})
         for cid, paths in sorted(collisions.items()):

@@ -257,7 +257,11 @@ class HFExtractor(Extractor):
         return self._ref
 
     def preflight(self, load: bool) -> None:
-        self.model_ref()  # a missing folder or alias fails here, before any clip
+        ref = self.model_ref()  # a missing folder or alias fails here, before any clip
+        if ref.hub_id is not None and hub_offline() and cached_snapshot(ref) is None:
+            raise ModelLoadError(f"model {ref.hub_id!r} is not in the local hub cache and the hub is offline "
+                                 "(HF_HUB_OFFLINE): download it where the hub is reachable, or pass "
+                                 "model=<local folder>")
         super().preflight(load)
 
     def weights_id(self) -> str | None:

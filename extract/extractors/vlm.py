@@ -118,6 +118,13 @@ class VlmExtractor(Extractor):
     def load(self):
         self.provider.open()
 
+    def preflight(self, load: bool) -> None:
+        if self.config.provider == "gemini":  # no key: a usage error before any clip, not one per clip
+            from ..vlm.gemini import api_key
+
+            api_key()
+        super().preflight(load)
+
     def __getstate__(self):
         # an open client or a loaded model does not travel to worker processes: each opens its own
         state = self.__dict__.copy()
