@@ -270,7 +270,8 @@ class _Errors:
               help="joint: train on labeled + pseudo-labeled clips; pretrain-finetune: pre-train on the "
                    "pseudo-labeled clips, then fine-tune on the labeled ones (per fold)")
 @click.option("--pseudo-weight", default=0.5, show_default=True, type=click.FloatRange(0, None, min_open=True),
-              help="loss weight of a pseudo-labeled clip (a labeled clip weighs 1)")
+              help="loss weight of a pseudo-labeled clip (a labeled clip weighs 1); joint mode only: in "
+                   "pretrain-finetune the pseudo rows train alone, so a uniform weight cancels out")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, None),
               help="repeat pseudo-label -> train this many times (re-labels with the newest run, the same "
                    "annotator and thresholds as --pseudo); earlier rounds go to RUN_DIR-round<k>")
