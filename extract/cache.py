@@ -133,7 +133,10 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file by tmp + fsync + rename: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -200,8 +203,7 @@ class FeatureCache:
                 raise CacheError(f"{fs.path}/meta.json has config hash {old.get('config_hash')} but key {key} "
                                  f"expects {meta.get('config_hash')}; the folder was edited by hand: move it away")
             return fs
-        fs.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(fs.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+        fs.write_meta(meta)
         return fs
 
     def read(self, key: str, ids, **kw) -> FeatureBatch:
@@ -241,6 +243,10 @@ class FeatureSet:
             text = _read_text(self.path / "meta.json")
             self._meta = json.loads(text) if text else {}
         return self._meta
+
+    def write_meta(self, meta: dict) -> None:
+        atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+        self._meta = None
 
     @property
     def kind(self) -> str:

@@ -297,14 +297,7 @@ def close_loaded() -> None:
 
 def _record_dims(cache: FeatureCache, writer: ShardWriter) -> None:
     """Store the output shape in meta.json once known (from the first shard written)."""
-    import json
-
-    from .cache import _atomic_write_text
-
-    fs = writer.fs
-    meta = fs.meta
+    meta = writer.fs.meta
     if meta.get("dims") or writer.dims is None:
         return
-    meta["dims"] = list(writer.dims)
-    _atomic_write_text(fs.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
-    fs._meta = None
+    writer.fs.write_meta({**meta, "dims": list(writer.dims)})

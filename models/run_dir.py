@@ -17,27 +17,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from extract.cache import atomic_write_text
+from extract.registry import library_versions
 from models.metrics import scores
 
 PROB_FMT = "{:.8g}"
 LIBRARIES = ("torch", "numpy", "scikit-learn", "lightgbm", "h5py")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def library_versions() -> dict:
-    out = {}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = None
-    return out
 
 
 def toolkit_version() -> str:
@@ -48,7 +35,7 @@ def toolkit_version() -> str:
 
 
 def provenance() -> dict:
-    return {"toolkit_version": toolkit_version(), "libraries": library_versions(),
+    return {"toolkit_version": toolkit_version(), "libraries": library_versions(LIBRARIES),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -63,7 +50,7 @@ def write_probs(path: Path, ids, probs: np.ndarray, classes) -> int:
             continue
         lines.append(",".join([ids[i], *(PROB_FMT.format(float(v)) for v in row)]))
         n += 1
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
     return n
 
 
@@ -96,23 +83,23 @@ class RunWriter:
                         f.unlink()
 
     def config(self, cfg: dict) -> None:
-        _atomic_write(self.root / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
     def classes(self, classes) -> None:
-        _atomic_write(self.root / "classes.json", json.dumps(list(classes)) + "\n")
+        atomic_write_text(self.root / "classes.json", json.dumps(list(classes)) + "\n")
 
     def labels(self, ids, y, classes) -> None:
         lines = ["name,discrete"] + [f"{i},{classes[k]}" for i, k in sorted(zip(ids, y))]
-        _atomic_write(self.root / "labels.csv", "\n".join(lines) + "\n")
+        atomic_write_text(self.root / "labels.csv", "\n".join(lines) + "\n")
 
     def members(self, members) -> None:
-        _atomic_write(self.root / "members.json", json.dumps(members, indent=1) + "\n")
+        atomic_write_text(self.root / "members.json", json.dumps(members, indent=1) + "\n")
 
     def curve(self, fold, seed, rows) -> None:
         lines = ["epoch,train_loss,val_loss,val_weighted_f1,phase"] + [
             f"{r['epoch']},{r['train_loss']:.6f},{r['val_loss']:.6f},{r['val_weighted_f1']:.6f},{r.get('phase', 'train')}"
             for r in rows]
-        _atomic_write(self.root / "curves" / f"fold{fold}_seed{seed}.csv", "\n".join(lines) + "\n")
+        atomic_write_text(self.root / "curves" / f"fold{fold}_seed{seed}.csv", "\n".join(lines) + "\n")
 
     def model(self, fold, seed, saved: dict) -> None:
         import torch
@@ -128,7 +115,7 @@ class RunWriter:
     def metrics(self, rows: list[dict]) -> None:
         lines = ["member,weighted_f1,macro_f1,accuracy"] + [
             f"{r['member']},{r['weighted_f1']:.6f},{r['macro_f1']:.6f},{r['accuracy']:.6f}" for r in rows]
-        _atomic_write(self.root / "metrics.csv", "\n".join(lines) + "\n")
+        atomic_write_text(self.root / "metrics.csv", "\n".join(lines) + "\n")
 
 
 def member_metrics(members, oof: dict, y) -> list[dict]:
