@@ -104,7 +104,20 @@ def run_order(extractors: list[Extractor]) -> list[Extractor]:
 
 
 def process(task: Task, config: media.DecodeConfig, threads: int = 1) -> dict:
-    """Decode one clip (only what its pending extractors need) and run them. Runs in a worker."""
+    """Decode one clip (only what its pending extractors need) and run them. Runs in a worker.
+
+    BLAS (numpy's OpenBLAS) gets the same fixed thread count as torch while the clip is processed:
+    its idle threads busy-wait after every call, and with the default of one thread per core they
+    took the cores from FFmpeg's decoder threads, which made decoding audio + frames 2-3x slower
+    inside a run with librosa than on its own (bench/bench_extract.py). The limit is lifted on return.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return _process(task, config, threads)
+
+
+def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     out: dict = {"id": task.id, "decoded": False, "results": {}, "seconds": {}}
     clip = None
     t0 = time.perf_counter()

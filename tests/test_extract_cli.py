@@ -252,3 +252,31 @@ def test_run_order_puts_text_providers_first_and_respects_after():
     assert names[0] == "asr"
     assert names.index("vlm") < names.index("vlm-text")
     assert names.index("librosa") < names.index("hf-text")  # otherwise the user's order
+
+
+def test_blas_threads_are_capped_while_a_clip_is_processed_and_restored_after(good_dir):
+    """Idle OpenBLAS threads busy-wait and starve FFmpeg's decoder threads; workers cap them."""
+    from threadpoolctl import threadpool_info
+
+    from extract.cache import Feature
+    from extract.registry import Extractor
+    from extract.runner import Task, process
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+
+    class Probe(Extractor):  # records the BLAS thread counts it runs under
+        name, modality, kind, needs = "probe", "audio", "vector", ("audio",)
+
+        def extract(self, clip):
+            seen.append(blas_threads())
+            return Feature(data=np.asarray([clip.audio.mean()], np.float32))
+
+    before = blas_threads()
+    assert before, "numpy has no BLAS that threadpoolctl sees"
+    out = process(Task("clip0", str(good_dir / "clip0.mp4"), ("audio",), [Probe()]), media.DecodeConfig(), threads=1)
+    assert isinstance(out["results"][Probe().key], Feature)
+    assert seen and all(n == 1 for n in seen[0].values())
+    assert blas_threads() == before
