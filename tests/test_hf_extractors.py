@@ -417,3 +417,26 @@ def test_missing_model_is_a_usage_error_before_any_clip(tmp_path):
                                         "--features", f"hf-audio:model={tmp_path / 'no-such-model'}", "--no-progress"])
     assert res.exit_code == 2 and "no-such-model" in res.output and "does not exist" in res.output
     assert not (tmp_path / "c").exists() or FeatureCache(tmp_path / "c").keys() == []
+
+
+def test_device_cuda_without_a_gpu_is_a_usage_error_and_auto_falls_back_to_cpu(dino_dir, tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    import cli
+    from extract.synth import make_clip
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU message cannot be exercised")
+    make_clip(tmp_path / "v" / "a.mp4", seconds=0.6, size=(32, 32))
+    args = ["extract", str(tmp_path / "v"), "--cache", str(tmp_path / "cache"), "--no-progress",
+            "--features", f"hf-image:model={dino_dir},crop=frame"]
+    res = CliRunner().invoke(cli.main, args + ["--device", "cuda"])
+    assert res.exit_code == 2 and "sees no GPU" in res.output and "--device cpu or auto" in res.output
+    assert FeatureCache(tmp_path / "cache").keys() == []
+    res = CliRunner().invoke(cli.main, args + ["--device", "auto"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    meta = FeatureCache(tmp_path / "cache").feature_set(FeatureCache(tmp_path / "cache").resolve("hf-image")).meta
+    assert meta["model"]["device"] == "cpu" and meta["model"]["device_requested"] == "auto"
+    res = CliRunner().invoke(cli.main, args + ["--device", "cuda", "--jobs", "2"])  # found before any worker starts
+    assert res.exit_code == 2 and "sees no GPU" in res.output

@@ -285,7 +285,8 @@ class HFExtractor(Extractor):
 
     def model_provenance(self) -> dict:
         out: dict = {"id": self.config.model, "revision_requested": self.config.revision,
-                     "dtype": self.config.dtype, "device": self.device}
+                     "dtype": self.config.dtype, "device_requested": self.device,
+                     "device": resolve_device(self.device)}  # raises early when cuda is asked for and absent
         try:
             ref = self.model_ref()
         except ModelLoadError as exc:
