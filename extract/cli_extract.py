@@ -104,6 +104,15 @@ def features_cmd(as_json):
     click.echo(f"\ndefault set (extract with no --features): {DEFAULT_FEATURES}")
 
 
+def _short(value, keep: int = 3):
+    """Long lists (channel names...) cut to their first items for the text view; --json has all."""
+    if isinstance(value, dict):
+        return {k: _short(v, keep) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > 2 * keep:
+        return value[:keep] + [f"... {len(value) - keep} more (--json lists all)"]
+    return value
+
+
 @click.group("cache")
 def cache_group():
     """Inspect a feature cache."""
@@ -140,7 +149,7 @@ def cache_info(cache_dir, all_failures, as_json):
         click.echo(f"  clips {r['clips']}, failed {len(r['failed'])}, shards {r['shards']}, created {r['created']}")
         click.echo(f"  config {json.dumps(r['config'], sort_keys=True)}  decode {json.dumps(r['decode'], sort_keys=True)}")
         if r["model"]:
-            click.echo(f"  model {json.dumps(r['model'], sort_keys=True)}")
+            click.echo(f"  model {json.dumps(_short(r['model']), sort_keys=True)}")
         libs = ", ".join(f"{k} {v}" for k, v in (r["libraries"] or {}).items() if v)
         click.echo(f"  libraries {libs}")
         sources = Counter(fs_sources[r["key"]].values())

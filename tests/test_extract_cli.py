@@ -280,3 +280,16 @@ def test_blas_threads_are_capped_while_a_clip_is_processed_and_restored_after(go
     assert isinstance(out["results"][Probe().key], Feature)
     assert seen and all(n == 1 for n in seen[0].values())
     assert blas_threads() == before
+
+
+def test_cache_info_shortens_long_provenance_lists_but_json_keeps_them(tmp_path):
+    import json
+
+    from extract.cache import Feature, put
+
+    names = [f"ch{i}" for i in range(40)]
+    put(tmp_path, "au", "vector", {"a": Feature(data=np.zeros(3, np.float32))}, meta={"model": {"pooled": names}})
+    text = run(["cache", "info", "--cache", str(tmp_path)]).output
+    assert '"ch0", "ch1", "ch2", "... 37 more (--json lists all)"' in text and "ch39" not in text
+    full = json.loads(run(["cache", "info", "--cache", str(tmp_path), "--json"]).output)
+    assert full[0]["model"]["pooled"] == names
