@@ -10,8 +10,9 @@ For each of ``emo-av`` and ``mead-samples`` under --data (skipped when absent):
      speakers, test on the unlabeled-role ones, and the reverse; no speaker and no face shared):
      - pooled blendshape statistics + StandardScaler + LogisticRegression (the reference figure of
        DESIGN.md, 0.712, was measured this way);
-     - the AU expert (and an image-encoder expert on face crops, with --image-model PATH) through
-       `cli.py fit`, when the fit stage is installed (models/cli_fit.py).
+     - the AU expert, the face-cnn expert (vendored FER2013 mini-Xception on face crops: the offline
+       image encoder) and, with --image-model PATH, an hf-image expert on face crops, each alone
+       through `cli.py fit --groups speaker` (speaker-grouped folds, out-of-fold weighted F1).
 """
 from __future__ import annotations
 
@@ -140,23 +141,28 @@ def fit_figures(data: Path, fps: float, image_model: str | None) -> None:
     if not help_text:
         print("(c) `cli.py fit` is not wired into cli.py yet: skipped")
         return
+    speakers = {r["speaker"] for r in read_csv(data / "labels.csv")}
+    folds = str(min(5, len(speakers)))
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        feats = ["face-au"] + ([f"hf-image:model={image_model},crop=face"] if image_model else [])
+        feats = ["face-au", "face-cnn"] + ([f"hf-image:model={image_model},crop=face"] if image_model else [])
         subprocess.run([sys.executable, "cli.py", "extract", str(data), "--cache", str(cache), "--features",
-                        ",".join(feats), "--fps", str(fps)], cwd=ROOT, check=True)
-        for feature in ["face-au"] + (["hf-image"] if image_model else []):
+                        ",".join(feats), "--fps", str(fps), "--no-progress"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        for feature in [f.split(":")[0] for f in feats]:
             out = Path(tmp) / f"run-{feature}"
             cmd = [sys.executable, "cli.py", "fit", "--cache", str(cache), "--labels", str(data / "labels.csv"),
-                   "--features", feature, "--out", str(out)]
+                   "--features", feature, "--groups", "speaker", "--folds", folds, "--out", str(out),
+                   "--threads", "1"]
             res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             tail = (res.stdout + res.stderr).strip().splitlines()[-6:]
-            print(f"(c) `cli.py fit --features {feature}` (exit {res.returncode}):")
+            print(f"(c) `cli.py fit --features {feature} --groups speaker --folds {folds}` (exit {res.returncode}):")
             for line in tail:
                 print("      " + line)
     if not image_model:
-        print("    image-encoder expert: skipped: no image encoder weights on this machine (no model hub); pass "
-              "--image-model PATH (e.g. a CLIP or DINOv2 folder saved with save_pretrained)")
+        print("    hf-image expert: skipped: no transformers image-encoder weights on this machine (no model hub); "
+              "pass --image-model PATH (a CLIP or DINOv2 folder saved with save_pretrained). face-cnn above is "
+              "the offline image encoder (vendored FER2013 mini-Xception).")
 
 
 def main():
@@ -165,6 +171,8 @@ def main():
     ap.add_argument("--fps", type=float, default=25.0, help="frames per second decoded (emo-av: 25 = all 50)")
     ap.add_argument("--clips", type=int, default=None, help="at most this many clips per data set")
     ap.add_argument("--image-model", default=None)
+    ap.add_argument("--fit-fps", type=float, default=5.0, help="frames per second for the experts of (c)")
+    ap.add_argument("--skip-speed", action="store_true", help="only (c) through `cli.py fit`")
     args = ap.parse_args()
     data = Path(args.data)
     ran = False
@@ -174,10 +182,12 @@ def main():
             print(f"{name}: skipped ({folder} is absent)")
             continue
         ran = True
-        feats = face_figures(name, folder, fps, args.clips)
-        if name == "emo-av" and (folder / "split.csv").is_file():
-            role_split_f1(feats, folder)
-            fit_figures(folder, fps, args.image_model)
+        if not args.skip_speed:
+            feats = face_figures(name, folder, fps, args.clips)
+            if name == "emo-av" and (folder / "split.csv").is_file():
+                role_split_f1(feats, folder)
+        if name == "emo-av":
+            fit_figures(folder, args.fit_fps, args.image_model)
     if not ran:
         print(f"no data under {data}: nothing measured")
 

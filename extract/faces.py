@@ -170,6 +170,27 @@ def face_crops(frames: np.ndarray, track: FaceTrack, margin: float = 0.2, size: 
     return out, track.present.copy()
 
 
+def encode_face_series(backend: "FaceBackend", frames: np.ndarray, frame_times, fps: float, embed,
+                       margin: float = 0.2, size: int = 224):
+    """Track the clip's largest face, crop it in every frame where it is found, embed the crops with
+    ``embed(list of (size, size, 3) uint8) -> (N, D)`` and return a series Feature: frames without a
+    face are masked zero rows, the pooled vector is the mean over frames with a face. A clip with no
+    face at all raises ExtractionError (a recorded failure of this feature only)."""
+    from .cache import Feature
+    from .registry import ExtractionError
+
+    track = track_faces(backend, frames)
+    if not track.present.any():
+        raise ExtractionError(f"no face detected in any of {len(frames)} frames")
+    idx = np.flatnonzero(track.present)
+    emb = np.asarray(embed([crop(frames[t], track.boxes[t], margin, size) for t in idx]), np.float32)
+    data = np.zeros((len(frames), emb.shape[1]), np.float32)
+    data[idx] = emb
+    times = np.asarray(frame_times, dtype=np.float64) if frame_times is not None else \
+        np.arange(len(data), dtype=np.float64) / fps
+    return Feature(data=data, timestamps=times, mask=track.present.copy(), pooled=emb.mean(axis=0))
+
+
 # -- backends ----------------------------------------------------------------------------------
 FACE_BACKENDS: dict[str, type["FaceBackend"]] = {}
 

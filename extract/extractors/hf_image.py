@@ -95,18 +95,8 @@ class HFImageExtractor(HFExtractor):
     def _extract_faces(self, clip):
         from .. import faces
 
-        track = faces.track_faces(self.face_backend, clip.frames)
-        if not track.present.any():
-            raise ExtractionError(f"no face detected in any of {len(clip.frames)} frames")
-        idx = np.flatnonzero(track.present)
-        crops = [faces.crop(clip.frames[t], track.boxes[t], self.config.face_margin, self.config.face_size)
-                 for t in idx]
-        emb = self.embed_images(crops)
-        data = np.zeros((len(clip.frames), emb.shape[1]), np.float32)
-        data[idx] = emb
-        times = np.asarray(clip.frame_times, dtype=np.float64) if clip.frame_times is not None else \
-            np.arange(len(data), dtype=np.float64) / self.decode.fps
-        return Feature(data=data, timestamps=times, mask=track.present.copy(), pooled=emb.mean(axis=0).astype(np.float32))
+        return faces.encode_face_series(self.face_backend, clip.frames, clip.frame_times, self.decode.fps,
+                                        self.embed_images, self.config.face_margin, self.config.face_size)
 
     def model_provenance(self) -> dict:
         out = super().model_provenance()
