@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from extract.cache import atomic_open
 
 HEADER = ["name", "discrete"]
 
@@ -30,11 +31,8 @@ def sidecar_paths(out) -> dict[str, Path]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_open(path, newline="") as fh:
         write(fh)
-    os.replace(tmp, path)
 
 
 def write_predictions(out, ids, labels, classes, result=None, meta: dict | None = None) -> dict[str, Path]:

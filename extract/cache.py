@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,17 +134,30 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file by tmp + fsync + rename: readers see the old or the new file, never half."""
+@contextmanager
+def atomic_open(path, newline: str | None = None):
+    """A text file opened for writing that appears at ``path`` only when the block completes (tmp +
+    fsync + rename): readers see the old file or the new one, never half of it; on an error the
+    old file stays and the tmp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole text file atomically (see :func:`atomic_open`)."""
+    with atomic_open(path) as fh:
+        fh.write(text)
 
 
 def _fsync_dir(path: Path) -> None:

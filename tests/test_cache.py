@@ -76,3 +76,18 @@ def test_lock_is_exclusive_and_released(tmp_path):
                 pass
     with cache.lock():
         pass
+
+
+def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from extract.cache import atomic_open, atomic_write_text
+
+    target = tmp_path / "sub" / "out.csv"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, newline="") as fh:
+            fh.write("half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n" and sorted(p.name for p in target.parent.iterdir()) == ["out.csv"]
+    with atomic_open(target, newline="") as fh:
+        fh.write("new\r\n")
+    assert target.read_bytes() == b"new\r\n"
