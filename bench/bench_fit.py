@@ -77,8 +77,8 @@ def part_a(args) -> None:
           f"{args.folds} folds x 1 seed, --batch-size {args.batch_size} --epochs {args.epochs} "
           f"--patience {args.patience}, {rows[0]['threads']} torch threads, "
           f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
-    print(f"| model | wall time (s) | peak RSS (MB) | epochs per fold | OOF weighted F1 |")
-    print(f"|---|---|---|---|---|")
+    print("| model | wall time (s) | peak RSS (MB) | epochs per fold | OOF weighted F1 |")
+    print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
               f"{sum(r['epochs']) / len(r['epochs']):.1f} (max {max(r['epochs'])}) | {r['weighted_f1']:.3f} |")

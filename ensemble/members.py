@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.tables import read_rows
+
 PROB_TOL = 1e-3  # |row sum - 1| above this is renormalised and counted
 
 
@@ -109,21 +111,10 @@ def _read_json(path: Path, what: str):
 
 def read_labels_csv(path: Path, classes: list[str] | None = None, notes: list[str] | None = None) -> dict[str, str]:
     """``name,discrete[,...]`` -> {name: label}. Rows with an unknown class are skipped and noted."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise RunDirError(f"labels file {path} does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises several parser errors
-        raise RunDirError(f"{path} cannot be read as CSV ({exc})") from exc
-    missing = [c for c in ("name", "discrete") if c not in df.columns]
-    if missing:
-        raise RunDirError(f"{path} has no column {', '.join(missing)}; expected header `name,discrete`")
+    _, rows = read_rows(path, ("name", "discrete"), RunDirError, "labels file")
     out: dict[str, str] = {}
     bad = []
-    for name, label in zip(df["name"].str.strip(), df["discrete"].str.strip()):
+    for name, label in ((r["name"].strip(), (r["discrete"] or "").strip()) for r in rows if r["name"]):
         if not name:
             continue
         if classes is not None and label not in classes:

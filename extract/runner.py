@@ -6,7 +6,6 @@ cache (see extract/cache.py for why that survives SIGKILL). Results come back in
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from . import media
 from .cache import Feature, FeatureCache, ShardWriter, compact
 from .registry import ExtractionError, Extractor
+from .tables import read_rows
 
 # Workers keep their loaded extractors here, keyed by feature key: models load once per process.
 _LOADED: dict[str, Extractor] = {}
@@ -58,20 +58,13 @@ class Summary:
 
 def load_transcripts(path: str | os.PathLike, text_column: str | None = None) -> dict[str, str]:
     """name -> text from a CSV (``name,text``; MER's ``name,chinese,english`` with --text-column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"transcripts file {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "name" not in cols:
-            raise UsageError(f"{path}: needs a 'name' column (has: {', '.join(cols)})")
-        column = text_column or ("text" if "text" in cols else None)
-        if column is None or column not in cols:
-            others = [c for c in cols if c != "name"]
-            raise UsageError(f"{path}: no text column {text_column or 'text'!r}; pass --text-column, one of: "
-                             f"{', '.join(others)}")
-        return {row["name"].strip(): (row[column] or "") for row in reader}
+    cols, rows = read_rows(path, ("name",), UsageError, "transcripts file")
+    column = text_column or ("text" if "text" in cols else None)
+    if column is None or column not in cols:
+        others = [c for c in cols if c != "name"]
+        raise UsageError(f"{path}: no text column {text_column or 'text'!r}; pass --text-column, one of: "
+                         f"{', '.join(others)}")
+    return {row["name"].strip(): (row[column] or "") for row in rows}
 
 
 def transcript_for(cid: str, transcripts: dict[str, str]) -> str | None:

@@ -9,15 +9,14 @@ inputs to a prediction).
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from extract.cache import CacheError, FeatureCache
+from extract.tables import read_rows
 
 TOKEN_KINDS = ("vector", "layers", "series")
 MER_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")   # MER2025 order
@@ -70,13 +69,7 @@ def first_few(items, k=5) -> str:
 
 
 def read_csv_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    return read_rows(path, (), InputError)
 
 
 def read_labels(path, classes: list[str] | None = None, groups: str | None = None,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.tables import read_rows
+
 PSEUDO_COLUMNS = ("name", "discrete", "confidence", "annotator_label", "annotator_confidence")
 
 
@@ -128,14 +130,8 @@ class PseudoLabels:
 def read_pseudo(path: str | Path, classes: list[str]) -> PseudoLabels:
     """Read a pseudo-label CSV (name,discrete[,confidence...]) and its meta sidecar if present."""
     path = Path(path)
-    if not path.is_file():
-        raise PseudoError(f"pseudo-label file {path} does not exist (make one with `cli.py pseudo-label`)")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "name" not in cols or "discrete" not in cols:
-            raise PseudoError(f"{path}: needs columns name,discrete (has: {', '.join(cols)})")
-        rows = list(reader)
+    _, rows = read_rows(path, ("name", "discrete"), PseudoError, "pseudo-label file",
+                        "make one with `cli.py pseudo-label`")
     unknown = sorted({r["discrete"] for r in rows} - set(classes))
     if unknown:
         raise PseudoError(f"{path}: labels outside the classes ({', '.join(classes)}): {', '.join(unknown)}")
