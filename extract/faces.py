@@ -170,8 +170,16 @@ def face_crops(frames: np.ndarray, track: FaceTrack, margin: float = 0.2, size: 
     return out, track.present.copy()
 
 
-def encode_face_series(backend: "FaceBackend", frames: np.ndarray, frame_times, fps: float, embed,
-                       margin: float = 0.2, size: int = 224):
+def track_clip(backend: "FaceBackend", clip, iou_threshold: float = 0.3) -> FaceTrack:
+    """:func:`track_faces` over ``clip.frames``, computed once per clip and detector setting: face-au,
+    face-cnn and hf-image (crop=face) in one run share the same track instead of each detecting."""
+    key = ("face-track", backend.name, str(backend.model), backend.min_confidence, backend.max_faces, iou_threshold)
+    if key not in clip.shared:
+        clip.shared[key] = track_faces(backend, clip.frames, iou_threshold)
+    return clip.shared[key]
+
+
+def encode_face_series(backend: "FaceBackend", clip, fps: float, embed, margin: float = 0.2, size: int = 224):
     """Track the clip's largest face, crop it in every frame where it is found, embed the crops with
     ``embed(list of (size, size, 3) uint8) -> (N, D)`` and return a series Feature: frames without a
     face are masked zero rows, the pooled vector is the mean over frames with a face. A clip with no
@@ -179,7 +187,8 @@ def encode_face_series(backend: "FaceBackend", frames: np.ndarray, frame_times, 
     from .cache import Feature
     from .registry import ExtractionError
 
-    track = track_faces(backend, frames)
+    frames, frame_times = clip.frames, clip.frame_times
+    track = track_clip(backend, clip)
     if not track.present.any():
         raise ExtractionError(f"no face detected in any of {len(frames)} frames")
     idx = np.flatnonzero(track.present)

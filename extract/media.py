@@ -66,6 +66,9 @@ class Clip:
     # why a stream is absent, e.g. "no audio stream": an extractor that needs it fails with this
     missing: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # results derived from the decoded media that several extractors share (the face track), keyed
+    # by everything that changes them: computed once per clip, like the decode itself
+    shared: dict = field(default_factory=dict)
 
     def unavailable(self, needs) -> str | None:
         """Reason why this clip cannot feed an extractor with these needs, or None."""

@@ -214,3 +214,32 @@ def test_face_cnn_through_cli_extract_with_a_user_model(tmp_path):
     assert dims == [4, 128]
     meta = {fc.feature_set(k).meta["model"]["file"]: fc.feature_set(k).meta for k in keys}
     assert meta[str(user)]["channels"] == [f"p_class_{i}" for i in range(4)]
+
+
+def test_face_extractors_of_one_clip_share_one_face_track(fer, monkeypatch):
+    from extract import faces
+
+    calls = []
+    real = faces.MediaPipeBackend.detect_batch
+
+    def counting(self, frames):
+        calls.append(len(frames))
+        return real(self, frames)
+
+    monkeypatch.setattr(faces.MediaPipeBackend, "detect_batch", counting)
+    astronaut = skimage_data.astronaut()
+    clip = clip_of([astronaut, astronaut])
+    au = build("face-au").ensure_loaded()
+    try:
+        a = au.extract(clip)
+        b = fer.extract(clip)
+    finally:
+        au.close()
+    assert sum(calls) == 2  # two frames detected once, not once per extractor
+    assert a.mask.tolist() == b.mask.tolist() == [True, True]
+    other = build("face-au:min_confidence=0.6").ensure_loaded()  # another detector setting: its own track
+    try:
+        other.extract(clip)
+    finally:
+        other.close()
+    assert sum(calls) == 4

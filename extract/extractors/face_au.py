@@ -202,7 +202,7 @@ class FaceAuExtractor(Extractor):
     def extract(self, clip):
         if clip.frames is None or len(clip.frames) == 0:
             raise ExtractionError("no video frames")
-        track = faces.track_faces(self.backend, clip.frames, self.config.iou)
+        track = faces.track_clip(self.backend, clip, self.config.iou)
         if not track.present.any():
             raise ExtractionError(f"no face detected in any of {len(clip.frames)} frames")
         if self.au is None:

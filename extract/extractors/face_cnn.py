@@ -190,8 +190,8 @@ class FaceCNNExtractor(Extractor):
             raise ExtractionError(clip.missing.get("frames", "no frames"))
         if self.config.crop == "face":
             size = max(self.net.input_shape[:2])
-            return faces.encode_face_series(self.face_backend, clip.frames, clip.frame_times, self.decode.fps,
-                                            self.embed_images, self.config.face_margin, size)
+            return faces.encode_face_series(self.face_backend, clip, self.decode.fps, self.embed_images,
+                                            self.config.face_margin, size)
         emb = self.embed_images(clip.frames)
         times = np.asarray(clip.frame_times, np.float64) if clip.frame_times is not None else \
             np.arange(len(emb), dtype=np.float64) / self.decode.fps

@@ -95,8 +95,8 @@ class HFImageExtractor(HFExtractor):
     def _extract_faces(self, clip):
         from .. import faces
 
-        return faces.encode_face_series(self.face_backend, clip.frames, clip.frame_times, self.decode.fps,
-                                        self.embed_images, self.config.face_margin, self.config.face_size)
+        return faces.encode_face_series(self.face_backend, clip, self.decode.fps, self.embed_images,
+                                        self.config.face_margin, self.config.face_size)
 
     def model_provenance(self) -> dict:
         out = super().model_provenance()
