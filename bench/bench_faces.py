@@ -1,11 +1,13 @@
 """Faces / AU benchmark (issue 5). Prints figures; not a test.
 
     python bench/bench_faces.py [--data ../shared/data] [--fps 25] [--clips N] [--image-model PATH]
+                                [--pyfeat-random-fullsize] [--skip-speed] [--skip-fit]
 
 For each of ``emo-av`` and ``mead-samples`` under --data (skipped when absent):
  (a) the fraction of decoded frames where MediaPipe finds a face, and of clips with none;
  (b) AU extraction speed (`face-au`, MediaPipe backend): frames per second of extractor compute,
-     decode time apart; the py-feat backend too when $MOE_PYFEAT_WEIGHTS names its weights;
+     decode time apart; the py-feat backend too when $MOE_PYFEAT_WEIGHTS names its weights, or, with
+     --pyfeat-random-fullsize, on py-feat's full-size architectures with random weights (speed only);
  (c) emo-av only: weighted F1 of the AU features alone on the role split (train on the labeled-role
      speakers, test on the unlabeled-role ones, and the reverse; no speaker and no face shared):
      - pooled blendshape statistics + StandardScaler + LogisticRegression (the reference figure of
@@ -75,6 +77,36 @@ def run_au(folder: Path, spec: str, fps: float, limit: int | None):
     return ids, feats, failures, frames, decode_s, extract_s
 
 
+def fullsize_pyfeat_weights(folder: Path) -> Path:
+    """py-feat's released architectures (Detectorv2 multitask on a ConvNeXt-V2 tiny backbone with the
+    v2.4/v2.5 heads, RetinaFace ResNet-34) at full size with RANDOM weights, in py-feat's own file
+    formats. A network's speed does not depend on its weight values, so this measures the py-feat
+    backend's frames/s honestly where its trained weights cannot be downloaded; its outputs are
+    meaningless and no accuracy is computed from them."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+    from feat.face_detectors.Retinaface.Retinaface_test import Retinaface
+    from feat.multitask.model_v2 import MEGraphAUv2, ModelV2Config
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    cfg = ModelV2Config(pretrained=False, n_au=20, n_emotion=7, drop_mefl=True, use_head_v3=True,
+                        n_blendshape=52, mesh_normalized=True)
+    model = MEGraphAUv2(cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "face_multitask_v28.safetensors"), metadata={"config": json.dumps(asdict(cfg))})
+    with torch.enable_grad():  # py-feat's RetinaFace turns autograd off process-wide
+        net = Retinaface(device="cpu", pretrained="none").net
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "retinaface_r34.safetensors"))
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"py-feat speed run: full-size random-weight networks ({cfg.backbone}, {n_params:.1f} M parameters "
+          f"+ RetinaFace R34) written to {folder}: frames/s only, no accuracy")
+    return folder
+
+
 def face_figures(name: str, folder: Path, fps: float, limit: int | None):
     ids, feats, failures, frames, dec, ext = run_au(folder, "face-au", fps, limit)
     with_face = sum(int(f.mask.sum()) for f in feats.values() if f is not None)
@@ -131,6 +163,20 @@ def role_split_f1(feats: dict, data: Path) -> None:
           "(DESIGN.md reference 0.712)")
 
 
+def _routed_f1(run_dir: Path, which: str, truth: dict) -> float:
+    """Weighted F1 of a RUN_DIR's routed probabilities (oof/ or test/) against the true labels."""
+    import json
+
+    from sklearn.metrics import f1_score
+
+    from models.run_dir import read_probs
+
+    classes = json.loads((run_dir / "classes.json").read_text())
+    ids, probs = read_probs(run_dir / which / "routed.csv")
+    pred = [classes[i] for i in probs.argmax(axis=1)]
+    return f1_score([truth[i] for i in ids], pred, average="weighted")
+
+
 def fit_figures(data: Path, fps: float, image_model: str | None) -> None:
     if not (ROOT / "models" / "cli_fit.py").is_file():
         print("(c) AU / image expert through `cli.py fit`: skipped: the fit stage (models/cli_fit.py) is not "
@@ -141,24 +187,40 @@ def fit_figures(data: Path, fps: float, image_model: str | None) -> None:
     if not help_text:
         print("(c) `cli.py fit` is not wired into cli.py yet: skipped")
         return
-    speakers = {r["speaker"] for r in read_csv(data / "labels.csv")}
-    folds = str(min(5, len(speakers)))
+    # emo-av pairs EmoDB voices with CK+ faces of other people: for a face expert the person to keep
+    # out of training is the face subject (a CK+ sequence recurs in up to 4 clips, across speakers)
+    rows = read_csv(data / "labels.csv")
+    group = "face_subject" if "face_subject" in rows[0] else "speaker"
+    role = {r["name"]: r["role"] for r in read_csv(data / "split.csv")}
+    truth = {r["name"]: r["discrete"] for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
+        labeled = Path(tmp) / "labeled_role.csv"
+        with open(labeled, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["name", "discrete", group])
+            w.writerows([r["name"], r["discrete"], r[group]] for r in rows if role.get(r["name"]) == "labeled")
         feats = ["face-au", "face-cnn"] + ([f"hf-image:model={image_model},crop=face"] if image_model else [])
         subprocess.run([sys.executable, "cli.py", "extract", str(data), "--cache", str(cache), "--features",
                         ",".join(feats), "--fps", str(fps), "--no-progress"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
+        print(f"(c) each face expert alone through `cli.py fit --groups {group} --folds 5` ({fps:g} fps), routed "
+              "output, weighted F1:")
+        print(f"| expert | OOF, all 287 clips, grouped by {group} | trained on the labeled role, scored on the "
+              "unlabeled role (other voices, other faces) |")
+        print("|---|---|---|")
         for feature in [f.split(":")[0] for f in feats]:
-            out = Path(tmp) / f"run-{feature}"
-            cmd = [sys.executable, "cli.py", "fit", "--cache", str(cache), "--labels", str(data / "labels.csv"),
-                   "--features", feature, "--groups", "speaker", "--folds", folds, "--out", str(out),
-                   "--threads", "1"]
-            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            tail = (res.stdout + res.stderr).strip().splitlines()[-6:]
-            print(f"(c) `cli.py fit --features {feature} --groups speaker --folds {folds}` (exit {res.returncode}):")
-            for line in tail:
-                print("      " + line)
+            cells = []
+            for name, labels_csv in (("all", data / "labels.csv"), ("role", labeled)):
+                out = Path(tmp) / f"run-{feature}-{name}"
+                cmd = [sys.executable, "cli.py", "fit", "--cache", str(cache), "--labels", str(labels_csv),
+                       "--features", feature, "--groups", group, "--folds", "5", "--out", str(out), "--threads", "1"]
+                res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                if res.returncode != 0:
+                    cells.append(f"failed: {res.stderr.strip().splitlines()[-1:]}")
+                    continue
+                cells.append(f"{_routed_f1(out, 'oof' if name == 'all' else 'test', truth):.3f}")
+            print(f"| {feature} | " + " | ".join(cells) + " |")
     if not image_model:
         print("    hf-image expert: skipped: no transformers image-encoder weights on this machine (no model hub); "
               "pass --image-model PATH (a CLIP or DINOv2 folder saved with save_pretrained). face-cnn above is "
@@ -173,8 +235,14 @@ def main():
     ap.add_argument("--image-model", default=None)
     ap.add_argument("--fit-fps", type=float, default=5.0, help="frames per second for the experts of (c)")
     ap.add_argument("--skip-speed", action="store_true", help="only (c) through `cli.py fit`")
+    ap.add_argument("--pyfeat-random-fullsize", action="store_true",
+                    help="measure the py-feat backend's speed on full-size random-weight networks (no hub here)")
+    ap.add_argument("--skip-fit", action="store_true", help="only (a) and (b)")
     args = ap.parse_args()
     data = Path(args.data)
+    tmp = tempfile.TemporaryDirectory()
+    if args.pyfeat_random_fullsize:
+        os.environ["MOE_PYFEAT_WEIGHTS"] = str(fullsize_pyfeat_weights(Path(tmp.name) / "pyfeat"))
     ran = False
     for name, fps in (("emo-av", args.fps), ("mead-samples", min(args.fps, 5.0))):
         folder = data / name
@@ -186,7 +254,7 @@ def main():
             feats = face_figures(name, folder, fps, args.clips)
             if name == "emo-av" and (folder / "split.csv").is_file():
                 role_split_f1(feats, folder)
-        if name == "emo-av":
+        if name == "emo-av" and not args.skip_fit:
             fit_figures(folder, args.fit_fps, args.image_model)
     if not ran:
         print(f"no data under {data}: nothing measured")
