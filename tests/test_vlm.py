@@ -33,17 +33,63 @@ def answer(label="happy", **scores):
 
 
 class GeminiServer:
-    """Answers POST .../models/<model>:generateContent from a script of replies, in order."""
+    """Answers POST .../models/<model>:generateContent from a script of replies, in order, and the
+    Files API the way Google's server does: a resumable upload (start -> upload URL in a header ->
+    chunks with X-Goog-Upload-Command, the last one 'finalize'), GET of the file's processing state
+    (``file_states`` in order, then ACTIVE), DELETE."""
 
     def __init__(self):
         self.script = []
         self.requests = []
+        self.uploads = {}  # file name -> bytes received
+        self.file_states = ["PROCESSING"]
+        self.deleted = []
+        self.upload_starts = []
+        self.gets = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _json(self, code, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _file(self, name, state):
+                return {"name": name, "uri": f"{outer.url}/v1beta/{name}", "mimeType": outer.upload_mime,
+                        "state": state, "sizeBytes": str(len(outer.uploads.get(name, b"")))}
+
+            def do_GET(self):
+                name = "files/" + self.path.split("?")[0].rsplit("/files/", 1)[-1]
+                outer.gets.append(self.path)
+                state = outer.file_states.pop(0) if outer.file_states else "ACTIVE"
+                self._json(200, self._file(name, state))
+
+            def do_DELETE(self):
+                outer.deleted.append("files/" + self.path.split("?")[0].rsplit("/files/", 1)[-1])
+                self._json(200, {})
+
             def do_POST(self):
                 n = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(n) or b"{}")
+                raw = self.rfile.read(n)
+                if self.path.startswith("/upload/"):  # start of a resumable upload
+                    outer.upload_starts.append({"headers": dict(self.headers), "body": json.loads(raw or b"{}")})
+                    outer.upload_mime = self.headers.get("X-Goog-Upload-Header-Content-Type")
+                    name = f"files/f{len(outer.uploads) + 1}"
+                    outer.uploads[name] = b""
+                    return self._json(200, {}, {"x-goog-upload-url": f"{outer.url}/session/{name}",
+                                                "x-goog-upload-status": "active"})
+                if self.path.startswith("/session/"):
+                    name = self.path[len("/session/"):]
+                    outer.uploads[name] += raw
+                    final = "finalize" in self.headers.get("X-Goog-Upload-Command", "")
+                    payload = {"file": self._file(name, "PROCESSING")} if final else {}
+                    return self._json(200, payload, {"x-goog-upload-status": "final" if final else "active"})
+                body = json.loads(raw or b"{}")
                 outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 step = outer.script.pop(0) if outer.script else ("ok", answer())
                 kind, value = step
@@ -258,6 +304,39 @@ def test_gemini_sends_the_media_file_when_it_can(gemini, tmp_path):
     mimes = [mime(p) for p in gemini.requests[-1]["body"]["contents"][0]["parts"] if "inlineData" in p]
     assert "image/jpeg" in mimes and mimes[-1] == "audio/wav"
     ex.close()
+
+
+def test_gemini_uploads_a_clip_over_the_inline_limit_through_the_files_api(gemini, tmp_path, monkeypatch):
+    from extract.synth import make_clip
+    from extract.vlm import gemini as gemini_provider
+
+    monkeypatch.setattr(gemini_provider, "UPLOAD_POLL_SECONDS", 0.01)
+    path = make_clip(tmp_path / "big.mp4", seconds=0.6, size=(48, 48))
+    ex = build(f"vlm:provider=gemini,backoff=0.01,inline_mb=0.001,base_url={gemini.url}").ensure_loaded()
+    assert ex.key == build(f"vlm:provider=gemini,base_url={gemini.url}").key  # how the file travels: not the key
+    gemini.file_states = ["PROCESSING", "PROCESSING"]  # Gemini processes a video before it can be used
+    rec = ex.extract(Clip(id="big", path=str(path), text="hello")).record
+    assert rec["label"] == "happy" and rec["meta"]["input"] == "media file (uploaded)"
+    assert gemini.uploads == {"files/f1": path.read_bytes()}  # the whole file, byte for byte
+    parts = gemini.requests[-1]["body"]["contents"][0]["parts"]
+    file_part = {k.replace("_", "").lower(): v for k, v in (parts[0].get("fileData") or parts[0]["file_data"]).items()}
+    assert file_part == {"fileuri": f"{gemini.url}/v1beta/files/f1", "mimetype": "video/mp4"}
+    assert len(gemini.gets) == 3  # polled until ACTIVE
+    assert not any("inlineData" in p for p in parts) and "hello" in parts[-1]["text"]
+    assert gemini.deleted == ["files/f1"]  # nothing left on the user's Files API quota
+    # Gemini fails to process the file: a recorded failure of this clip, and the file is deleted too
+    gemini.file_states = ["FAILED"]
+    with pytest.raises(ExtractionError, match="could not process the uploaded file"):
+        ex.extract(Clip(id="big2", path=str(path), text="x"))
+    assert gemini.deleted == ["files/f1", "files/f2"]
+    ex.close()
+    # upload=false: a file over the limit goes as frames + audio instead
+    no_upload = build(f"vlm:provider=gemini,backoff=0.01,inline_mb=0.001,upload=false,base_url={gemini.url}")
+    no_upload.ensure_loaded()
+    no_upload.extract(Clip(id="big3", path=str(path), text="x"))
+    mimes = [mime(p) for p in gemini.requests[-1]["body"]["contents"][0]["parts"] if "inlineData" in p]
+    assert "image/jpeg" in mimes and mimes[-1] == "audio/wav" and len(gemini.uploads) == 2
+    no_upload.close()
 
 
 def test_gemini_without_key_says_what_to_set(monkeypatch):

@@ -28,11 +28,12 @@ from ..cache import Feature
 from ..registry import ExtractionError, Extractor, register
 from ..vlm import PROVIDERS, Request, VLMCallError, load_providers
 from ..vlm.answer import AnswerError, parse_answer
-from ..vlm.inputs import face_frames, media_file, sample_frames
+from ..vlm.inputs import face_frames, media_file, media_type, sample_frames
 from ..vlm.prompt import DEFAULT_CLASSES, load_prompt, parse_classes
 
 ANSWERS_INFO = "vlm_answers"  # clip.info[ANSWERS_INFO][vlm key] = record, for vlm-text in the same run
-OPERATIONAL = ("timeout", "retries", "backoff", "concurrency", "base_url")
+# how the clip travels and how calls are made; each answer records what was sent in its meta.input
+OPERATIONAL = ("timeout", "retries", "backoff", "concurrency", "base_url", "inline_mb", "upload")
 load_providers()
 
 
@@ -45,7 +46,9 @@ class VlmConfig:
     prompt: str | None = None  # prompt file (default extract/prompts/vlm_emotion.txt)
     yield_class: str | None = "worried"  # lower-priority class of the preference rule (none: no rule)
     yield_to: str = "sad;surprise;neutral"
-    media: str = "video"  # gemini: video (the clip file inline, frames as fallback) | frames
+    media: str = "video"  # gemini: video (the clip file itself; frames + audio for types Gemini does not take) | frames
+    upload: bool = True  # gemini media=video: files over inline_mb go through the Files API (false: frames + audio)
+    inline_mb: float = 18.0  # gemini: larger files are uploaded, not sent inline (the request limit is 20 MB)
     frames: int = 8  # frames sampled evenly over the clip (frames mode, transformers)
     crop: str = "frame"  # frame | face (the tracked largest face, MediaPipe)
     crop_size: int = 336
@@ -71,6 +74,8 @@ class VlmConfig:
             raise ValueError("media must be video or frames")
         if self.crop not in ("frame", "face"):
             raise ValueError("crop must be frame or face")
+        if self.inline_mb < 0:
+            raise ValueError("inline_mb must be >= 0")
         if self.frames < 1 or self.retries < 0 or self.concurrency < 1 or self.timeout <= 0:
             raise ValueError("frames and concurrency must be >= 1, retries >= 0, timeout > 0")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -148,17 +153,21 @@ class VlmExtractor(Extractor):
         req = Request(clip_id=clip.id, path=clip.path, prompt=self.prompt.render(clip.text) if self.prompt else "",
                       sample_rate=clip.sample_rate)
         if c.provider == "gemini" and c.media == "video":
-            req.media = media_file(clip.path)
-            if req.media is None:  # a type Gemini does not take inline, or too big: frames + audio instead
+            req.media = media_file(clip.path, int(c.inline_mb * 1024 * 1024))
+            mime = media_type(clip.path)
+            if req.media is None and c.upload and mime is not None:  # too big to go inline: upload it
+                req.upload = (clip.path, mime)
+            if req.media is None and req.upload is None:  # a type Gemini does not take: frames + audio
                 clip = self._decode_fallback(clip)
-        if req.media is None and clip.frames is not None and (c.provider != "jsonl"):
+        whole_file = req.media is not None or req.upload is not None
+        if not whole_file and clip.frames is not None and (c.provider != "jsonl"):
             frames, times = sample_frames(clip.frames, clip.frame_times, c.frames)
             if c.crop == "face":
                 frames, _ = face_frames(frames, "mediapipe", c.margin, c.crop_size)
             req.frames, req.frame_times = frames, times
-        if req.media is None and c.provider == "gemini":
+        if not whole_file and c.provider == "gemini":
             req.audio = clip.audio
-        if c.provider != "jsonl" and req.media is None and req.frames is None and req.audio is None:
+        if c.provider != "jsonl" and not whole_file and req.frames is None and req.audio is None:
             raise ExtractionError("nothing to show the model: " + "; ".join(clip.missing.values()))
         return req
 

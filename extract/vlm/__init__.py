@@ -38,7 +38,8 @@ class Request:
     frame_times: np.ndarray | None = None
     audio: np.ndarray | None = None
     sample_rate: int = 16000
-    media: tuple[bytes, str] | None = None  # (file bytes, mime type) when the whole clip is sent
+    media: tuple[bytes, str] | None = None  # (file bytes, mime type) when the whole clip is sent inline
+    upload: tuple[str, str] | None = None  # (file path, mime type): the whole clip, through a file upload
     path: str | None = None
 
 

@@ -1,8 +1,10 @@
 """`gemini` provider: Google Gemini through the official google-genai SDK.
 
-The clip goes inline (the media file itself when Gemini takes its type and it is under the inline
-limit, else sampled JPEG frames plus the audio as WAV), with the filled prompt; the answer is
-constrained by a response schema (reasoning, one score per class, a label from the classes).
+The clip goes as the media file itself when Gemini takes its type: inline under ``inline_mb``,
+else uploaded through the Files API (resumable upload, wait until the file is ACTIVE, delete it
+after the answer); a type Gemini does not take goes as sampled JPEG frames plus the audio as WAV.
+The prompt is filled in; the answer is constrained by a response schema (reasoning, one score per
+class, a label from the classes).
 
 The API key comes from GEMINI_API_KEY or GOOGLE_API_KEY; it is handed to the SDK only, never
 written to the cache, the provenance, or a message. Retries (429, 5xx, timeouts) are ours, with
@@ -20,6 +22,7 @@ from .inputs import jpeg, wav
 from .limits import RETRY_STATUS, GiveUp, Slots, with_retries
 
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+UPLOAD_POLL_SECONDS = 2.0  # how often an uploaded video's processing state is asked for
 DEFAULT_MODEL = "gemini-2.5-flash"
 
 
@@ -108,11 +111,42 @@ class GeminiProvider(Provider):
                 pass
             self.client = None
 
-    def contents(self, request: Request):
+    def upload(self, path: str, mime: str):
+        """Upload a clip through the Files API and wait until Gemini has processed it -> File."""
+        import time
+
+        c = self.config
+        uploaded, _ = with_retries(lambda: self.client.files.upload(file=path, config={"mime_type": mime}),
+                                   classify, retries=c.retries, backoff=c.backoff)
+        deadline = time.monotonic() + c.timeout
+        state = getattr(uploaded.state, "name", str(uploaded.state))
+        while state == "PROCESSING":
+            if time.monotonic() > deadline:
+                self.forget(uploaded)
+                raise VLMCallError(f"uploaded file {uploaded.name} still PROCESSING after {c.timeout:g} s")
+            time.sleep(min(UPLOAD_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            uploaded, _ = with_retries(lambda: self.client.files.get(name=uploaded.name), classify,
+                                       retries=c.retries, backoff=c.backoff)
+            state = getattr(uploaded.state, "name", str(uploaded.state))
+        if state != "ACTIVE":
+            self.forget(uploaded)
+            raise VLMCallError(f"Gemini could not process the uploaded file (state {state}: {uploaded.error})")
+        return uploaded
+
+    def forget(self, uploaded) -> None:
+        """Delete an uploaded file (it would expire after 48 h anyway); a failure here is harmless."""
+        try:
+            self.client.files.delete(name=uploaded.name)
+        except Exception:
+            pass
+
+    def contents(self, request: Request, uploaded=None):
         from google.genai import types
 
         parts = []
-        if request.media is not None:
+        if uploaded is not None:
+            parts.append(types.Part.from_uri(file_uri=uploaded.uri, mime_type=uploaded.mime_type))
+        elif request.media is not None:
             data, mime = request.media
             parts.append(types.Part.from_bytes(data=data, mime_type=mime))
         else:
@@ -132,16 +166,22 @@ class GeminiProvider(Provider):
         config = types.GenerateContentConfig(
             temperature=c.temperature, max_output_tokens=c.max_output_tokens, seed=c.seed,
             response_mime_type="application/json", response_schema=response_schema(c.class_list))
-        contents = self.contents(request)
-
-        def call():
-            with self.slots.hold():
-                return self.client.models.generate_content(model=self.model, contents=contents, config=config)
-
+        uploaded = None
         try:
+            if request.upload is not None:
+                uploaded = self.upload(*request.upload)
+            contents = self.contents(request, uploaded)
+
+            def call():
+                with self.slots.hold():
+                    return self.client.models.generate_content(model=self.model, contents=contents, config=config)
+
             response, attempts = with_retries(call, classify, retries=c.retries, backoff=c.backoff)
         except GiveUp as exc:
             raise VLMCallError(str(exc)) from None
+        finally:
+            if uploaded is not None:
+                self.forget(uploaded)
         text = response.text
         finish = None
         if response.candidates:
@@ -152,10 +192,18 @@ class GeminiProvider(Provider):
                                f"prompt feedback {getattr(response, 'prompt_feedback', None)})")
         usage = getattr(response, "usage_metadata", None)
         meta = {"attempts": attempts, "finish_reason": finish,
-                "input": "media file" if request.media is not None else f"{0 if request.frames is None else len(request.frames)} frames",
+                "input": _input_kind(request),
                 "usage": usage.model_dump(exclude_none=True, mode="json") if usage is not None else None}
         return Reply(text=text, model=getattr(response, "model_version", None) or self.model, meta=meta)
 
     def provenance(self):
         return {"provider": self.name, "model": self.config.model or DEFAULT_MODEL,
                 "sdk": "google-genai", "endpoint": "custom base_url" if self.config.base_url else "default"}
+
+
+def _input_kind(request: Request) -> str:
+    if request.upload is not None:
+        return "media file (uploaded)"
+    if request.media is not None:
+        return "media file"
+    return f"{0 if request.frames is None else len(request.frames)} frames"

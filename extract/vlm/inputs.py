@@ -49,12 +49,17 @@ def wav(audio: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
-def media_file(path: str | None) -> tuple[bytes, str] | None:
-    """(bytes, mime type) of a clip's file when Gemini can take it inline, else None."""
+def media_type(path: str | None) -> str | None:
+    """The mime type of a clip's file when Gemini takes that type, else None (or no such file)."""
     if not path or not os.path.isfile(path):
         return None
-    mime = MIME.get(Path(path).suffix.lower())
-    if mime is None or os.path.getsize(path) > INLINE_LIMIT:
+    return MIME.get(Path(path).suffix.lower())
+
+
+def media_file(path: str | None, limit: int = INLINE_LIMIT) -> tuple[bytes, str] | None:
+    """(bytes, mime type) of a clip's file when Gemini can take it inline (type, size), else None."""
+    mime = media_type(path)
+    if mime is None or os.path.getsize(path) > limit:
         return None
     return Path(path).read_bytes(), mime
 
