@@ -120,8 +120,12 @@ def face_figures(name: str, folder: Path, fps: float, limit: int | None):
           f"({ext:.1f} s); decode {dec:.1f} s ({frames / max(dec, 1e-9):.1f} frames/s)")
     if os.environ.get("MOE_PYFEAT_WEIGHTS"):
         sub = ids[: min(len(ids), 20)]
-        _, pf, pfail, pframes, _, pext = run_au(folder, "face-au:backend=pyfeat", fps, len(sub))
-        print(f"    face-au (pyfeat, first {len(sub)} clips): {pframes / max(pext, 1e-9):.1f} frames/s")
+        for spec, what in (("face-au:backend=pyfeat", "RetinaFace boxes + AU model"),
+                           ("face-au:backend=pyfeat,detector=mediapipe", "MediaPipe boxes + AU model")):
+            _, pf, pfail, pframes, _, pext = run_au(folder, spec, fps, len(sub))
+            faced = sum(int(f.mask.sum()) for f in pf.values() if f is not None)
+            print(f"    face-au (pyfeat: {what}; first {len(sub)} clips): {pframes / max(pext, 1e-9):.1f} frames/s "
+                  f"({faced} of {pframes} frames with a face)")
     else:
         print("    face-au (pyfeat): skipped: py-feat's weights are downloaded from the Hugging Face hub, which this "
               "machine cannot reach; set MOE_PYFEAT_WEIGHTS to a folder with face_multitask_v28.safetensors and "
@@ -154,13 +158,17 @@ def role_split_f1(feats: dict, data: Path) -> None:
     for train, test in (("labeled", "unlabeled"), ("unlabeled", "labeled")):
         tr = (role == train) & ok
         te = role == test
+        if not tr.any() or not te.any():
+            print(f"    train {train} -> test {test}: skipped (no clips of a role among those read; drop --clips)")
+            continue
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X[tr], y[tr])
         pred = model.predict(X[te])
         pred[~ok[te]] = model.classes_[0]  # a clip without a face still counts (as a wrong-ish guess)
         scores.append(f1_score(y[te], pred, average="weighted"))
         print(f"    train {train:9s} -> test {test:9s}: weighted F1 {scores[-1]:.3f} ({te.sum()} clips)")
-    print(f"(c) pooled blendshapes + LogisticRegression, role split: mean weighted F1 {np.mean(scores):.3f} "
-          "(DESIGN.md reference 0.712)")
+    if scores:
+        print(f"(c) pooled blendshapes + LogisticRegression, role split: mean weighted F1 {np.mean(scores):.3f} "
+              "(DESIGN.md reference 0.712)")
 
 
 def _routed_f1(run_dir: Path, which: str, truth: dict) -> float:
