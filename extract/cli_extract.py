@@ -34,8 +34,8 @@ extractors and options. Default: the offline set '{DEFAULT_FEATURES}'."""
 @click.option("--max-side", type=int, default=media.DecodeConfig.max_side, show_default=True,
               help="Downscale frames so their longer side is at most this (pixels).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Parallel worker processes (joblib).")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="torch threads per worker. Values are identical across --jobs for a given --threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch and BLAS threads per worker. Values are identical across --jobs for a given --threads.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Device for neural extractors (auto: cuda when present).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any clip failed.")

@@ -104,6 +104,34 @@ LAYERS: dict[str, Callable] = {
 }
 
 
+def _inbound(layer: dict) -> list[str]:
+    """Names of the layers feeding ``layer``: Keras 2 writes ``[[["name", 0, 0, {}], ...]]``, Keras 3
+    ``[{"args": [{"config": {"keras_history": ["name", 0, 0]}} or a list of such], "kwargs": {}}]``."""
+    nodes = layer.get("inbound_nodes") or []
+    if not nodes:
+        return []
+    node = nodes[0]
+    if isinstance(node, list):
+        return [entry[0] for entry in node]
+    names: list[str] = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            history = value.get("config", {}).get("keras_history") if value.get("class_name") == "__keras_tensor__" \
+                else None
+            if history:
+                names.append(history[0])
+            else:
+                for v in value.values():
+                    walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(node.get("args", []))
+    return names
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -139,6 +167,8 @@ class KerasH5Net:
             for prev, layer in zip([None] + self.layers[:-1], self.layers):
                 layer.setdefault("name", layer["config"]["name"])
                 layer["inbound_nodes"] = [[[prev["name"], 0, 0, {}]]] if prev else []
+        for layer in self.layers:
+            layer["inputs"] = _inbound(layer)
         unknown = sorted({layer["class_name"] for layer in self.layers} - set(LAYERS))
         if unknown:
             raise KerasFileError(f"{self.path}: layer types {', '.join(unknown)} are not supported "
@@ -157,8 +187,8 @@ class KerasH5Net:
     def feature_layer(self) -> str:
         """The input of the last Conv2D/Dense layer: the network's penultimate representation."""
         for layer in reversed(self.layers):
-            if layer["class_name"] in ("Conv2D", "Dense") and layer["inbound_nodes"]:
-                return layer["inbound_nodes"][0][0][0]
+            if layer["class_name"] in ("Conv2D", "Dense") and layer["inputs"]:
+                return layer["inputs"][0]
         raise KerasFileError(f"{self.path}: no Conv2D or Dense layer to take features before")
 
     def __call__(self, x, outputs: tuple[str, ...] = ()) -> dict:
@@ -166,8 +196,7 @@ class KerasH5Net:
         in ``outputs`` and the last layer (under its own name)."""
         values: dict = {}
         for layer in self.layers:
-            nodes = layer["inbound_nodes"]
-            ins = [values[n[0]] for n in nodes[0]] if nodes else [x]
+            ins = [values[n] for n in layer["inputs"]] or [x]
             values[layer["name"]] = LAYERS[layer["class_name"]](ins, self.weights.get(layer["name"], {}),
                                                                 layer["config"])
         keep = set(outputs) | {self.names[-1]}

@@ -22,13 +22,31 @@ skimage_data = pytest.importorskip("skimage.data")
 torch = pytest.importorskip("torch")
 
 
-def write_keras_h5(path: Path, layers: list[dict], weights: dict[str, dict[str, np.ndarray]]) -> Path:
-    """A Keras-2 style functional model file: layers = [{class_name, name, config, inbound}]."""
+def _node(names: list[str], style: str):
+    if not names:
+        return []
+    if style == "keras2":
+        return [[[n, 0, 0, {}] for n in names]]
+    tensors = [{"class_name": "__keras_tensor__", "config": {"shape": [None], "dtype": "float32",
+                                                            "keras_history": [n, 0, 0]}} for n in names]
+    return [{"args": [tensors] if len(tensors) > 1 else tensors, "kwargs": {}}]  # Add & co. take one list
+
+
+def write_keras_h5(path: Path, layers: list[dict], weights: dict[str, dict[str, np.ndarray]],
+                   style: str = "keras2") -> Path:
+    """A functional model file as Keras 2 or Keras 3 write them: layers = [{class_name, name, config,
+    inbound}] (Keras 3 names the input shape batch_shape and nests inbound tensors in args)."""
     import h5py
 
-    cfg = {"class_name": "Model", "config": {"name": "m", "layers": [
-        {"class_name": l["class_name"], "name": l["name"], "config": {"name": l["name"], **l["config"]},
-         "inbound_nodes": [[[n, 0, 0, {}] for n in l["inbound"]]] if l["inbound"] else []} for l in layers]}}
+    def config(l):
+        conf = {"name": l["name"], **l["config"]}
+        if style == "keras3" and "batch_input_shape" in conf:
+            conf["batch_shape"] = conf.pop("batch_input_shape")
+        return conf
+
+    cfg = {"class_name": "Functional" if style == "keras3" else "Model", "config": {"name": "m", "layers": [
+        {"class_name": l["class_name"], "name": l["name"], "config": config(l),
+         "inbound_nodes": _node(l["inbound"], style)} for l in layers]}}
     with h5py.File(path, "w") as fh:
         fh.attrs["model_config"] = json.dumps(cfg)
         g = fh.create_group("model_weights")
@@ -59,7 +77,8 @@ def np_conv_same(x, k, stride):
     return out
 
 
-def test_keras_reader_matches_numpy_reference_layer_by_layer(tmp_path):
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+def test_keras_reader_matches_numpy_reference_layer_by_layer(tmp_path, style):
     rng = np.random.default_rng(0)
     k1 = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
     dk = rng.normal(size=(3, 3, 4, 1)).astype(np.float32)
@@ -83,7 +102,7 @@ def test_keras_reader_matches_numpy_reference_layer_by_layer(tmp_path):
     ]
     path = write_keras_h5(tmp_path / "m.h5", layers, {"c1": {"kernel": k1},
                                                        "s1": {"depthwise_kernel": dk, "pointwise_kernel": pk},
-                                                       "bn": bn, "fc": {"kernel": dense}})
+                                                       "bn": bn, "fc": {"kernel": dense}}, style)
     net = KerasH5Net(path)
     assert net.input_shape == (7, 6, 2) and net.feature_layer() == "gap"
     x = rng.normal(size=(7, 6, 2)).astype(np.float32)
