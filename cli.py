@@ -41,7 +41,7 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
     import time
     from pathlib import Path
 
-    from extract.defaults import DEFAULT_FEATURES
+    from extract.defaults import DEFAULT_FEATURES, default_feature_names
     from extract.demo_data import make_demo_set
 
     t0 = time.time()
@@ -54,10 +54,11 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
     step(2, f"extract {DEFAULT_FEATURES}")
     ctx.invoke(extract_cmd, video_dir=str(data["videos"]), cache_dir=str(cache), features=(DEFAULT_FEATURES,),
                transcripts=str(data["transcripts"]), jobs=jobs)
-    common = dict(cache=str(cache), labels=str(data["labels"]), features="librosa,egemaps,hf-text,face-au",
+    experts = default_feature_names()
+    common = dict(cache=str(cache), labels=str(data["labels"]), features=",".join(experts),
                   groups="speaker", folds=4, epochs=epochs, normalize="pool", hidden=64, heads=4, threads=1)
     stage1, stage2 = out / "run-stage1", out / "run-stage2"
-    step(3, "fit stage 1 (MoE over 4 experts, speaker-grouped 4-fold CV)")
+    step(3, f"fit stage 1 (MoE over {len(experts)} experts, speaker-grouped 4-fold CV)")
     ctx.invoke(fit, out=str(stage1), **common)
     pseudo = out / "pseudo.csv"
     step(4, "pseudo-label: keep unlabeled clips where stage 1 and the (simulated) annotator agree")
