@@ -80,9 +80,21 @@ class Extractor:
 
     def ensure_loaded(self) -> "Extractor":
         if not self.loaded:
-            self.load()
+            before = set(self.__dict__)
+            try:
+                self.load()
+            finally:  # what load() set (models, detectors, even a load error) stays in this process
+                self._loaded_attrs = getattr(self, "_loaded_attrs", set()) | (set(self.__dict__) - before)
             self.loaded = True
         return self
+
+    def __getstate__(self):
+        """Sent to a worker process without what load() created: each worker loads its own once."""
+        state = self.__dict__.copy()
+        for name in state.pop("_loaded_attrs", ()):
+            state.pop(name, None)
+        state["loaded"] = False
+        return state
 
     def preflight(self, load: bool) -> None:
         """Checked in the main process before any clip: raise if this extractor cannot work

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import cli
 from extract import media
 from extract.cache import FeatureCache
+from extract.registry import Extractor
 from extract.runner import load_transcripts
 from extract.synth import make_clip, tone, write_media
 
@@ -293,3 +294,35 @@ def test_cache_info_shortens_long_provenance_lists_but_json_keeps_them(tmp_path)
     assert '"ch0", "ch1", "ch2", "... 37 more (--json lists all)"' in text and "ch39" not in text
     full = json.loads(run(["cache", "info", "--cache", str(tmp_path), "--json"]).output)
     assert full[0]["model"]["pooled"] == names
+
+
+class Loads(Extractor):
+    """An extractor whose load() makes an unpicklable object, like an open landmarker."""
+    name, modality, kind, needs = "loads", "audio", "vector", ("audio",)
+    fail = False
+
+    def load(self):
+        import threading
+
+        self.model = threading.Lock()
+        if self.fail:
+            self.error = "weights missing"
+            raise RuntimeError(self.error)
+
+
+def test_what_load_creates_never_travels_to_a_worker():
+    """Workers get extractors by pickle (joblib); models, detectors and clients must stay behind."""
+    import pickle
+
+    ex = Loads()
+    ex.note = "set before load: travels"
+    ex.ensure_loaded()
+    clone = pickle.loads(pickle.dumps(ex))
+    assert not clone.loaded and not hasattr(clone, "model") and clone.note == ex.note
+    assert clone.ensure_loaded().model is not ex.model and ex.loaded
+    bad = Loads()
+    bad.fail = True
+    with pytest.raises(RuntimeError):
+        bad.ensure_loaded()
+    clone = pickle.loads(pickle.dumps(bad))  # a failed load's leftovers stay behind too
+    assert not hasattr(clone, "model") and not hasattr(clone, "error")

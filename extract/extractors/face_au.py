@@ -191,14 +191,6 @@ class FaceAuExtractor(Extractor):
         out["pooled"] = "for each channel in order: " + ", ".join(POOL_STATS) + " (stat-major: all means first)"
         return out
 
-    def __getstate__(self):
-        # loaded detectors do not travel to worker processes: each worker loads its own once
-        state = self.__dict__.copy()
-        for name in ("backend", "au"):
-            state.pop(name, None)
-        state["loaded"] = False
-        return state
-
     def extract(self, clip):
         if clip.frames is None or len(clip.frames) == 0:
             raise ExtractionError("no video frames")

@@ -104,13 +104,6 @@ class FaceCNNExtractor(Extractor):
             backend.close()
         self.loaded = False
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for name in ("net", "face_backend"):  # each worker loads its own
-            state.pop(name, None)
-        state["loaded"] = False
-        return state
-
     def channels(self):
         probs = [f"p_{c}" for c in self._classes()]
         if self.config.output == "probs":

@@ -346,14 +346,6 @@ class HFExtractor(Extractor):
             return tensor.to(device=self.torch_device, dtype=self.dtype)
         return tensor.to(self.torch_device)
 
-    def __getstate__(self):
-        # never ship a loaded model to a worker: each worker loads its own once
-        state = self.__dict__.copy()
-        for name in list(self.loaders) + ["_torch", "_load_error", "encoder", "tower"]:
-            state.pop(name, None)
-        state["loaded"] = False
-        return state
-
 
 def _version(dist: str) -> str | None:
     try:

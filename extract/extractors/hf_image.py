@@ -106,11 +106,6 @@ class HFImageExtractor(HFExtractor):
             out["faces"] = faces.MediaPipeBackend().provenance()
         return out
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("face_backend", None)  # a MediaPipe landmarker does not travel; each worker opens its own
-        return state
-
     def embed_images(self, images) -> np.ndarray:
         """RGB uint8 images, a (N, H, W, 3) array or a list of (H, W, 3) arrays of any sizes -> (N, D)
         float32 embeddings, computed in batches of ``batch_size``."""

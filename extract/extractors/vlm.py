@@ -131,10 +131,9 @@ class VlmExtractor(Extractor):
         super().preflight(load)
 
     def __getstate__(self):
-        # an open client or a loaded model does not travel to worker processes: each opens its own
-        state = self.__dict__.copy()
+        # load() opens the provider in place (client, model): a worker gets a fresh, unopened one
+        state = super().__getstate__()
         state["provider"] = type(self.provider)(self.config, self.device)
-        state["loaded"] = False
         return state
 
     def close(self):
