@@ -63,6 +63,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def checked_model_file(path: Path, user_given: bool, vendored_sha256: str, what: str, kind: str,
+                       error: type[Exception] = FaceError) -> str:
+    """sha256 of a model file; a vendored file (``user_given`` False) must match ``vendored_sha256``
+    (extract/assets/README.md). A missing or damaged file raises ``error`` saying what to do."""
+    if not path.is_file():
+        raise error(f"{what} {path} not found; " + (f"pass model=PATH to an existing {kind} file" if user_given
+                    else f"re-install the package (it ships extract/assets/{path.name})"))
+    digest = sha256_file(path)
+    if not user_given and digest != vendored_sha256:
+        raise error(f"{path} has sha256 {digest}, expected {vendored_sha256} "
+                    "(see extract/assets/README.md); the file is damaged: re-install the package")
+    return digest
+
+
 @dataclass
 class Detection:
     """One face in one frame: box (x0, y0, x1, y1) in pixels, a score, and optional extras."""
@@ -179,25 +193,35 @@ def track_clip(backend: "FaceBackend", clip, iou_threshold: float = 0.3) -> Face
     return clip.shared[key]
 
 
-def encode_face_series(backend: "FaceBackend", clip, fps: float, embed, margin: float = 0.2, size: int = 224):
-    """Track the clip's largest face, crop it in every frame where it is found, embed the crops with
-    ``embed(list of (size, size, 3) uint8) -> (N, D)`` and return a series Feature: frames without a
-    face are masked zero rows, the pooled vector is the mean over frames with a face. A clip with no
-    face at all raises ExtractionError (a recorded failure of this feature only)."""
+def encode_image_series(clip, fps: float, embed, backend: "FaceBackend | None" = None, margin: float = 0.2,
+                        size: int = 224):
+    """Embed a clip's frames as a series Feature, with ``embed(list of RGB uint8 images) -> (N, D)``.
+
+    ``backend=None``: every whole frame. With a face backend: the clip's largest face is tracked
+    (:func:`track_clip`), cropped in every frame where it is found and embedded; frames without a
+    face are masked zero rows, the pooled vector is the mean over frames with a face, and a clip
+    with no face at all raises ExtractionError (a recorded failure of this feature only)."""
     from .cache import Feature
     from .registry import ExtractionError
 
     frames, frame_times = clip.frames, clip.frame_times
-    track = track_clip(backend, clip)
-    if not track.present.any():
-        raise ExtractionError(f"no face detected in any of {len(frames)} frames")
-    idx = np.flatnonzero(track.present)
-    emb = np.asarray(embed([crop(frames[t], track.boxes[t], margin, size) for t in idx]), np.float32)
+    if backend is None:
+        present = np.ones(len(frames), dtype=bool)
+        emb = np.asarray(embed(frames), np.float32)
+    else:
+        track = track_clip(backend, clip)
+        if not track.present.any():
+            raise ExtractionError(f"no face detected in any of {len(frames)} frames")
+        present = track.present.copy()
+        emb = np.asarray(embed([crop(frames[t], track.boxes[t], margin, size) for t in np.flatnonzero(present)]),
+                         np.float32)
     data = np.zeros((len(frames), emb.shape[1]), np.float32)
-    data[idx] = emb
-    times = np.asarray(frame_times, dtype=np.float64) if frame_times is not None else \
-        np.arange(len(data), dtype=np.float64) / fps
-    return Feature(data=data, timestamps=times, mask=track.present.copy(), pooled=emb.mean(axis=0))
+    data[present] = emb
+    if frame_times is not None and len(frame_times) == len(frames):
+        times = np.asarray(frame_times, dtype=np.float64)
+    else:
+        times = np.arange(len(frames), dtype=np.float64) / fps
+    return Feature(data=data, timestamps=times, mask=present, pooled=emb.mean(axis=0))
 
 
 # -- backends ----------------------------------------------------------------------------------
@@ -259,16 +283,8 @@ class MediaPipeBackend(FaceBackend):
         return Path(self.model) if self.model else FACE_LANDMARKER
 
     def checksum(self) -> str:
-        path = self.model_path()
-        if not path.is_file():
-            raise FaceError(f"MediaPipe model file {path} not found; "
-                            + ("re-install the package (it ships extract/assets/face_landmarker.task)"
-                               if not self.model else "pass model=PATH to an existing .task file"))
-        digest = sha256_file(path)
-        if not self.model and digest != FACE_LANDMARKER_SHA256:
-            raise FaceError(f"{path} has sha256 {digest}, expected {FACE_LANDMARKER_SHA256} "
-                            "(see extract/assets/README.md); the file is damaged: re-install the package")
-        return digest
+        return checked_model_file(self.model_path(), bool(self.model), FACE_LANDMARKER_SHA256,
+                                  "MediaPipe model file", ".task")
 
     def _open(self) -> None:
         from mediapipe.tasks.python import vision

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import Feature
 from ..registry import ExtractionError, Extractor, register
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "fer2013_mini_xception.hdf5"
@@ -69,16 +68,9 @@ class FaceCNNExtractor(Extractor):
     def checksum(self) -> str:
         from .. import faces
 
-        path = self.model_path()
-        if not path.is_file():
-            raise ExtractionError(f"face-cnn model file {path} not found; " + (
-                "pass model=PATH to an existing Keras .h5/.hdf5 file" if self.config.model
-                else "re-install the package (it ships extract/assets/fer2013_mini_xception.hdf5)"))
         if not hasattr(self, "_sha256"):
-            self._sha256 = faces.sha256_file(path)
-        if not self.config.model and self._sha256 != ASSET_SHA256:
-            raise ExtractionError(f"{path} has sha256 {self._sha256}, expected {ASSET_SHA256} "
-                                  "(see extract/assets/README.md); the file is damaged: re-install the package")
+            self._sha256 = faces.checked_model_file(self.model_path(), bool(self.config.model), ASSET_SHA256,
+                                                    "face-cnn model file", "Keras .h5/.hdf5", ExtractionError)
         return self._sha256
 
     def key_payload(self) -> dict:
@@ -181,11 +173,5 @@ class FaceCNNExtractor(Extractor):
 
         if clip.frames is None or len(clip.frames) == 0:
             raise ExtractionError(clip.missing.get("frames", "no frames"))
-        if self.config.crop == "face":
-            size = max(self.net.input_shape[:2])
-            return faces.encode_face_series(self.face_backend, clip, self.decode.fps, self.embed_images,
-                                            self.config.face_margin, size)
-        emb = self.embed_images(clip.frames)
-        times = np.asarray(clip.frame_times, np.float64) if clip.frame_times is not None else \
-            np.arange(len(emb), dtype=np.float64) / self.decode.fps
-        return Feature(data=emb, timestamps=times, mask=np.ones(len(emb), bool), pooled=emb.mean(axis=0))
+        return faces.encode_image_series(clip, self.decode.fps, self.embed_images, self.face_backend,
+                                         self.config.face_margin, max(self.net.input_shape[:2]))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache import Feature
 from ..registry import ExtractionError, register
 from .hf_common import HFExtractor, ModelLoadError, validate_common
 
@@ -79,24 +78,13 @@ class HFImageExtractor(HFExtractor):
             self.face_backend = faces.open_backend("mediapipe")
 
     def extract(self, clip):
-        frames = clip.frames
-        if frames is None or len(frames) == 0:
-            raise ExtractionError(clip.missing.get("frames", "no frames"))
-        if self.config.crop == "face":
-            return self._extract_faces(clip)
-        emb = self.embed_images(frames)
-        if clip.frame_times is not None and len(clip.frame_times) == len(emb):
-            times = np.asarray(clip.frame_times, dtype=np.float64)
-        else:
-            times = np.arange(len(emb), dtype=np.float64) / self.decode.fps
-        return Feature(data=emb, timestamps=times, mask=np.ones(len(emb), dtype=bool),
-                       pooled=emb.mean(axis=0).astype(np.float32))
-
-    def _extract_faces(self, clip):
         from .. import faces
 
-        return faces.encode_face_series(self.face_backend, clip, self.decode.fps, self.embed_images,
-                                        self.config.face_margin, self.config.face_size)
+        if clip.frames is None or len(clip.frames) == 0:
+            raise ExtractionError(clip.missing.get("frames", "no frames"))
+        backend = self.face_backend if self.config.crop == "face" else None
+        return faces.encode_image_series(clip, self.decode.fps, self.embed_images, backend,
+                                         self.config.face_margin, self.config.face_size)
 
     def model_provenance(self) -> dict:
         out = super().model_provenance()
