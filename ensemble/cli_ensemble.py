@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from extract.registry import toolkit_version
+
 from .annotator import AnnotatorError, load_annotator
 from .members import RunDirError, load_members, peek_classes, read_labels_csv
 from .pipeline import EnsemblePipeline
@@ -16,15 +18,6 @@ from .reranking import RulesError, load_rules, parse_rules, sample_rules
 from .voting import VOTES
 
 USER_ERRORS = (RunDirError, RulesError, AnnotatorError, PredictionsError)
-
-
-def _toolkit_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("moe-emotion")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _check_classes(run_dirs) -> list[str]:
@@ -127,7 +120,7 @@ def ensemble(run_dirs, out, vote, rules_spec, annotator, power, ids_file, cross_
     if n_nomember:
         notes.append(f"{n_nomember} predicted ids have no member at all: they got the labeled majority class")
     meta = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "toolkit_version": _toolkit_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "toolkit_version": toolkit_version(),
         "arguments": {"run_dirs": [str(r) for r in run_dirs], "out": str(out), "vote": vote, "rules": rules_spec,
                       "annotator": annotator, "power": power, "ids": ids_file, "cross_fit": cross_fit},
         "classes": classes, "vote": vote, "power": pipeline.voter_.power_, "power_requested": power,

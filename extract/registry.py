@@ -28,7 +28,6 @@ from .cache import Feature, config_hash
 from .media import Clip, DecodeConfig
 
 REGISTRY: dict[str, type["Extractor"]] = {}
-PROJECT_VERSION = "0.1.0"
 
 
 class SpecError(ValueError):
@@ -142,9 +141,17 @@ class Extractor:
             "channels": self.channels(),
             "libraries": library_versions(("numpy", "h5py", "av") + tuple(self.libraries)),
             "python": platform.python_version(),
-            "toolkit_version": PROJECT_VERSION,
+            "toolkit_version": toolkit_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def toolkit_version() -> str:
+    """This toolkit's installed version, recorded with every output (cache, run dir, predictions)."""
+    try:
+        return importlib.metadata.version("moe-emotion")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def library_versions(names) -> dict:

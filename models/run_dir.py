@@ -11,27 +11,19 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from extract.cache import atomic_write_text
-from extract.registry import library_versions
+from extract.registry import library_versions, toolkit_version
 from models.metrics import scores
 
 PROB_FMT = "{:.8g}"
 LIBRARIES = ("torch", "numpy", "scikit-learn", "lightgbm", "h5py")
 
 
-
-
-def toolkit_version() -> str:
-    try:
-        return metadata.version("moe-emotion")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def provenance() -> dict:
