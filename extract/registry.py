@@ -116,7 +116,11 @@ class Extractor:
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{config_hash(self.key_payload())}"
+        """``<name>-<hash of key_payload()>``, computed once: the payload can hash files (model
+        weights, an imported answers file) and the key is read several times per clip."""
+        if "_key" not in self.__dict__:
+            self._key = f"{self.name}-{config_hash(self.key_payload())}"
+        return self._key
 
     def channels(self) -> list[str] | None:
         """Names of the output channels (last axis), where they have names."""
@@ -127,16 +131,16 @@ class Extractor:
         return {}
 
     def provenance(self) -> dict:
-        payload = self.key_payload()
+        key, payload = self.key, self.key_payload()
         return {
-            "key": self.key,
+            "key": key,
             "extractor": self.name,
             "extractor_version": self.version,
             "modality": self.modality,
             "kind": self.kind,
             "config": payload["config"],
             "decode": payload["decode"],
-            "config_hash": config_hash(payload),
+            "config_hash": key.rsplit("-", 1)[1],
             "model": self.model_provenance(),
             "channels": self.channels(),
             "libraries": library_versions(("numpy", "h5py", "av") + tuple(self.libraries)),

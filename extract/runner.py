@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import media
-from .cache import Feature, FeatureCache, ShardWriter, compact
+from .cache import Feature, FeatureCache, FeatureSet, ShardWriter, compact
 from .registry import ExtractionError, Extractor
 from .tables import read_rows
 
@@ -223,7 +223,12 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
         try:
             ex.preflight(load=jobs == 1)
-            provenance[ex.key] = ex.provenance()
+            # meta.json is written once, when a feature set is created; an existing set only checks
+            # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
+            if FeatureSet(Path(cache_dir) / ex.key).exists():
+                provenance[ex.key] = {"config_hash": ex.key.rsplit("-", 1)[1]}
+            else:
+                provenance[ex.key] = ex.provenance()
         except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
             raise UsageError(f"{ex.name} cannot start: {exc}") from exc
     keys = [ex.key for ex in extractors]

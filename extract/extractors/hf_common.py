@@ -22,12 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..registry import Extractor
+from ..registry import Extractor, library_versions
 
 DTYPES = ("float32", "float16", "bfloat16")
 LAYER_CHOICES = ("all", "last")
@@ -257,6 +256,7 @@ class HFExtractor(Extractor):
         return self._ref
 
     def preflight(self, load: bool) -> None:
+        resolve_device(self.device)  # cuda asked for and absent: a usage error before any clip
         ref = self.model_ref()  # a missing folder or alias fails here, before any clip
         if ref.hub_id is not None and hub_offline() and cached_snapshot(ref) is None:
             raise ModelLoadError(f"model {ref.hub_id!r} is not in the local hub cache and the hub is offline "
@@ -286,7 +286,7 @@ class HFExtractor(Extractor):
     def model_provenance(self) -> dict:
         out: dict = {"id": self.config.model, "revision_requested": self.config.revision,
                      "dtype": self.config.dtype, "device_requested": self.device,
-                     "device": resolve_device(self.device)}  # raises early when cuda is asked for and absent
+                     "device": resolve_device(self.device)}
         try:
             ref = self.model_ref()
         except ModelLoadError as exc:
@@ -304,12 +304,11 @@ class HFExtractor(Extractor):
                        checksum=self.weights_id())
             if ref.package:
                 out["package"] = ref.package
-                out["package_version"] = _version(ref.package)
+                out["package_version"] = library_versions([ref.package])[ref.package]
         cfg = _read_config_json(folder)
         out["model_type"] = cfg.get("model_type")
         out["architectures"] = cfg.get("architectures")
-        out["transformers"] = _version("transformers")
-        out["torch"] = _version("torch")
+        out.update(library_versions(["transformers", "torch"]))
         return out
 
     # -- loading ----------------------------------------------------------------------------
@@ -345,13 +344,6 @@ class HFExtractor(Extractor):
         if tensor.is_floating_point():
             return tensor.to(device=self.torch_device, dtype=self.dtype)
         return tensor.to(self.torch_device)
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def encoder_of(model):
