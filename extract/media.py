@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +228,3 @@ def _stream_info(astream, vstream, duration) -> dict:
         cc = astream.codec_context
         info["audio"] = {"codec": cc.name, "sample_rate": cc.sample_rate, "channels": cc.channels}
     return info
-
-
-def decode_config_dict(config: DecodeConfig) -> dict:
-    return asdict(config)
