@@ -380,8 +380,10 @@ class PyFeatBackend(FaceBackend):
     def _open_retinaface(self):
         from feat.face_detectors.Retinaface.Retinaface_test import Retinaface
 
+        from .extractors.hf_common import resolve_device
+
         folder = pyfeat_weights_dir(self.model)
-        device = _torch_device(self.device)
+        device = resolve_device(self.device)
         if folder is None:
             try:
                 self._net = Retinaface(device=device, detection_threshold=self.min_confidence)
@@ -417,14 +419,6 @@ class PyFeatBackend(FaceBackend):
     def provenance(self):
         return {"face_backend": self.name, "face_weights": getattr(self, "weights_file", None),
                 "face_weights_sha256": getattr(self, "sha256", None)}
-
-
-def _torch_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 _OPEN: "weakref.WeakSet[FaceBackend]" = weakref.WeakSet()

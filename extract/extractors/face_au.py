@@ -62,6 +62,7 @@ import numpy as np
 from .. import faces
 from ..cache import Feature
 from ..registry import ExtractionError, Extractor, register
+from .hf_common import resolve_device
 
 POOL_STATS = ("mean", "std", "min", "max", "delta_mean_abs")
 AU_BACKENDS = ("mediapipe", "pyfeat")
@@ -161,9 +162,10 @@ class FaceAuExtractor(Extractor):
         c = self.config
         det = c.face_detector
         model = c.model if det == "mediapipe" else c.weights
+        device = resolve_device(self.device)
         self.backend = faces.open_backend(det, model=model, min_confidence=c.min_confidence,
-                                          max_faces=c.max_faces, device=faces._torch_device(self.device))
-        self.au = PyFeatAU(c.weights, faces._torch_device(self.device)) if c.backend == "pyfeat" else None
+                                          max_faces=c.max_faces, device=device)
+        self.au = PyFeatAU(c.weights, device) if c.backend == "pyfeat" else None
 
     def close(self):
         backend = getattr(self, "backend", None)
