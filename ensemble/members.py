@@ -77,10 +77,6 @@ class Split:
         rows = np.asarray(rows)
         return Split([self.ids[i] for i in rows], self.probs[:, rows], self.present[:, rows])
 
-    def select_members(self, idx) -> "Split":
-        idx = np.asarray(idx)
-        return Split(self.ids, self.probs[idx], self.present[idx])
-
 
 @dataclass
 class MemberSet:

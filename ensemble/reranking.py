@@ -43,7 +43,6 @@ Rules (the registry ``RULES``; add one by subclassing ``Rule`` and decorating wi
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,9 +366,6 @@ class RuleSet:
 
     def describe(self) -> list[dict]:
         return [r.describe() for r in self.rules]
-
-    def copy(self) -> "RuleSet":
-        return copy.deepcopy(self)
 
 
 def sample_rules() -> dict[str, Path]:

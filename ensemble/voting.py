@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 POWER_GRID = (1.0, 0.5, 2.0, 4.0, 8.0)
-DEFAULT_POWER = 1.0
 
 
 @dataclass
