@@ -29,7 +29,7 @@ from ..registry import ExtractionError, Extractor, register
 from ..vlm import PROVIDERS, Request, VLMCallError, load_providers
 from ..vlm.answer import AnswerError, parse_answer
 from ..vlm.inputs import face_frames, media_file, media_type, sample_frames
-from ..vlm.prompt import DEFAULT_CLASSES, load_prompt, parse_classes
+from ..vlm.prompt import DEFAULT_CLASSES, load_prompt, parse_classes, split_classes
 
 ANSWERS_INFO = "vlm_answers"  # clip.info[ANSWERS_INFO][vlm key] = record, for vlm-text in the same run
 # how the clip travels and how calls are made; each answer records what was sent in its meta.input
@@ -109,7 +109,7 @@ class VlmExtractor(Extractor):
         self.provider = provider_cls(self.config, device)
         self.needs = tuple(self.provider.needs)
         self.prompt = None if self.config.provider == "jsonl" else load_prompt(
-            self.config.prompt, self.config.class_list, self.config.yield_class, parse_classes_or_empty(self.config.yield_to))
+            self.config.prompt, self.config.class_list, self.config.yield_class, split_classes(self.config.yield_to))
 
     def key_payload(self):
         payload = super().key_payload()
@@ -209,7 +209,3 @@ class VlmExtractor(Extractor):
         # later extractors of this clip (vlm-text) read the fresh answer from here
         clip.info.setdefault(ANSWERS_INFO, {})[self.key] = record
         return Feature(record=record)
-
-
-def parse_classes_or_empty(text: str) -> tuple[str, ...]:
-    return tuple(c.strip() for c in (text or "").replace("|", ";").split(";") if c.strip())

@@ -25,9 +25,14 @@ DEFAULT_PROMPT = PROMPTS / "vlm_emotion.txt"
 DEFAULT_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 
 
+def split_classes(text: str | None) -> tuple[str, ...]:
+    """``"neutral;angry;happy"`` -> the names, stripped, empty ones dropped (``|`` works as ``;``)."""
+    return tuple(c.strip() for c in (text or "").replace("|", ";").split(";") if c.strip())
+
+
 def parse_classes(text: str) -> tuple[str, ...]:
     """``"neutral;angry;happy"`` -> classes. ``;`` separates (``,`` separates SPEC options)."""
-    classes = tuple(c.strip() for c in text.replace("|", ";").split(";") if c.strip())
+    classes = split_classes(text)
     if len(classes) < 2:
         raise ValueError(f"classes needs at least two names separated by ';', got {text!r}")
     if len({c.lower() for c in classes}) != len(classes):
