@@ -46,7 +46,8 @@ def run_pseudo_label(run_dir, cache, annotator_path, out, ids_csv=None, min_conf
     cand = [ids[i] for i in keep]
     if not cand:
         raise PseudoError(f"no candidate clip: every cached id of {run_dir}'s features is a labeled training clip")
-    missing = [cid for cid in annotator.answers if cid not in set(ids) and cid not in train]
+    have = set(ids)
+    missing = [cid for cid in annotator.answers if cid not in have and cid not in train]
     if missing:
         warn(f"{annotator_path}: {len(missing)} annotator ids have no features in cache {cache} "
              f"(first: {first_few(missing)}); they are ignored")
