@@ -70,18 +70,20 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str) -> Path:
 
 
 def member_table(ms, pipeline: EnsemblePipeline) -> list[dict]:
-    """Per member: kind, coverage of the tuning rows, OOF weighted/macro F1 and accuracy, vote weight."""
+    """Per member: kind, coverage of the tuning rows, OOF weighted/macro F1 and accuracy, vote weight.
+
+    ``pipeline`` must be fitted on ``ms.tuning`` and ``ms.y`` (with at least one row): the weighted F1
+    is the one its voter measured there (``voter_.member_f1_``)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     rows = []
-    C = len(ms.classes)
     for m, mem in enumerate(ms.members):
         here = ms.tuning.present[m]
         row = {"member": mem.name, "kind": mem.kind, "coverage": int(here.sum()), "of": int(len(here))}
         if here.any():
             pred = ms.tuning.probs[m, here].argmax(axis=1)
             yy = ms.y[here]
-            row.update(weighted_f1=fast_weighted_f1(yy, pred, C),
+            row.update(weighted_f1=float(pipeline.voter_.member_f1_[m]),
                        macro_f1=float(f1_score(yy, pred, average="macro", zero_division=0)),
                        accuracy=float(accuracy_score(yy, pred)))
         else:
