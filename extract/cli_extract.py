@@ -130,11 +130,15 @@ def cache_info(cache_dir, all_failures, as_json):
         raise click.ClickException(f"no feature sets in {cache_dir} (run `cli.py extract VIDEO_DIR --cache {cache_dir}`)")
     report = []
     fs_sources = {}
+    all_ids: set[str] = set()  # every id the cache knows, done or failed (cache.all_ids() would re-read the shards)
     for key in keys:
         fs = FeatureSet(cache.root / key)
         meta = fs.meta
+        done, failed = fs.done_ids(), fs.failures()
+        all_ids.update(done)
+        all_ids.update(failed)
         report.append({"key": key, "extractor": meta.get("extractor"), "kind": fs.kind, "modality": meta.get("modality"),
-                       "clips": len(fs.done_ids()), "failed": fs.failures(), "dims": meta.get("dims"),
+                       "clips": len(done), "failed": failed, "dims": meta.get("dims"),
                        "config": meta.get("config"), "decode": meta.get("decode"), "model": meta.get("model"),
                        "libraries": meta.get("libraries"), "created": meta.get("created"),
                        "shards": len(fs.shards())})
@@ -142,7 +146,7 @@ def cache_info(cache_dir, all_failures, as_json):
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    click.echo(f"cache {cache_dir}: {len(keys)} feature sets, {len(cache.all_ids())} clip ids")
+    click.echo(f"cache {cache_dir}: {len(keys)} feature sets, {len(all_ids)} clip ids")
     for r in report:
         dims = "x".join(map(str, r["dims"])) if r["dims"] else "?"
         click.echo(f"\n{r['key']}  ({r['extractor']}, {r['modality']}, {r['kind']} {dims})")

@@ -326,3 +326,14 @@ def test_what_load_creates_never_travels_to_a_worker():
         bad.ensure_loaded()
     clone = pickle.loads(pickle.dumps(bad))  # a failed load's leftovers stay behind too
     assert not hasattr(clone, "model") and not hasattr(clone, "error")
+
+
+def test_cache_info_counts_every_id_done_or_failed_once(tmp_path):
+    from extract.cache import Feature, put
+
+    vec = lambda: Feature(data=np.zeros(3, np.float32))  # noqa: E731
+    put(tmp_path, "one", "vector", {"a": vec(), "b": vec()}, failures={"c": "no audio stream"})
+    put(tmp_path, "two", "vector", {"b": vec(), "d": vec()}, failures={"a": "too short", "e": "decode failed"})
+    text = run(["cache", "info", "--cache", str(tmp_path)]).output
+    assert len(FeatureCache(tmp_path).all_ids()) == 5
+    assert f"cache {tmp_path}: 2 feature sets, 5 clip ids" in text
