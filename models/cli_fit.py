@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from extract.cache import CacheError, FeatureCache
+from extract.cache import CacheError, FeatureCache, atomic_write_text
+from extract.tables import read_rows
 from models.data import (InputError, first_few, cached_ids, load_features, read_group_table, read_id_list, read_labels,
                          resolve_features)
 from models.heads import HEADS
@@ -351,11 +352,10 @@ def relabel(run_dir, cache, pseudo, out, group_table, device) -> str:
 
 def compare_stages(stage1_dir, stage2_dir) -> str:
     """Side-by-side table of two runs' metrics.csv; also written to <stage2>/metrics_vs_stage1.csv."""
-    import csv
-
     def read(d):
-        with open(Path(d) / "metrics.csv", newline="") as fh:
-            return {r["member"]: r for r in csv.DictReader(fh)}
+        _, rows = read_rows(Path(d) / "metrics.csv", ("member", "weighted_f1"), InputError, "metrics file",
+                            "give the --out folder of a finished `cli.py fit`")
+        return {r["member"]: r for r in rows}
 
     a, b = read(stage1_dir), read(stage2_dir)
     names = [m for m in b if m in a]
@@ -366,7 +366,7 @@ def compare_stages(stage1_dir, stage2_dir) -> str:
         f1, f2 = float(a[m]["weighted_f1"]), float(b[m]["weighted_f1"])
         lines.append(f"{m:<{width}}  {f1:>8.4f}  {f2:>8.4f}  {f2 - f1:>+7.4f}")
         rows.append(f"{m},{f1:.6f},{f2:.6f},{f2 - f1:.6f}")
-    (Path(stage2_dir) / "metrics_vs_stage1.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    atomic_write_text(Path(stage2_dir) / "metrics_vs_stage1.csv", "\n".join(rows) + "\n")
     return "\n".join(lines) + f"\n(stage 1: {stage1_dir})"
 
 

@@ -1,21 +1,21 @@
 """``cli.py pseudo-label``: consensus pseudo-labels from a stage-1 RUN_DIR and an annotator."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import click
 
 from extract.cache import CacheError
+from extract.tables import read_rows
 from models.data import InputError, first_few
 from models.pseudo import PseudoError, parse_class_thresholds, select, write_pseudo
 from models.train import resolve_device
 
 
 def labeled_ids(run_dir) -> set[str]:
-    path = Path(run_dir) / "labels.csv"
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["name"] for row in csv.DictReader(fh)}
+    _, rows = read_rows(Path(run_dir) / "labels.csv", ("name",), PseudoError, "labels file of the run",
+                        "give the --out folder of a finished `cli.py fit`")
+    return {row["name"] for row in rows}
 
 
 def run_pseudo_label(run_dir, cache, annotator_path, out, ids_csv=None, min_confidence=0.0, class_thresholds=None,

@@ -72,3 +72,12 @@ def test_write_then_read_roundtrip_with_meta(tmp_path):
     assert pl.meta["counts"]["kept"] == 2 and pl.meta["annotator"] == "a.jsonl"
     with pytest.raises(PseudoError, match="outside the classes"):
         read_pseudo(path, ["happy"])
+
+
+def test_a_run_dir_without_labels_is_a_clear_error(tmp_path):
+    from models.cli_pseudo import labeled_ids
+
+    with pytest.raises(PseudoError, match="labels.csv does not exist"):
+        labeled_ids(tmp_path)
+    (tmp_path / "labels.csv").write_text("\ufeffname,discrete\na,happy\nb,sad\n", encoding="utf-8")  # Excel BOM
+    assert labeled_ids(tmp_path) == {"a", "b"}

@@ -146,3 +146,21 @@ def test_empty_agreement_and_unknown_annotator_ids_are_clear(world, tmp_path):
                                         "--min-annotator-confidence", "0.5"])
     assert res.exit_code == 1 and "empty agreement" in res.output
     assert "1 annotator ids have no features" in res.output and "not_a_clip" in res.output
+
+
+def test_compare_stages_table_and_missing_metrics(tmp_path):
+    from models.cli_fit import compare_stages
+    from models.data import InputError
+
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    s1.mkdir(), s2.mkdir()
+    (s1 / "metrics.csv").write_text("member,weighted_f1,macro_f1,accuracy\nrouted,0.5,0.4,0.5\nfused,0.6,0.5,0.6\n")
+    with pytest.raises(InputError, match="metrics.csv does not exist"):
+        compare_stages(s1, s2)
+    (s2 / "metrics.csv").write_text("member,weighted_f1,macro_f1,accuracy\nfused,0.55,0.5,0.6\nrouted,0.75,0.6,0.7\n")
+    text = compare_stages(s1, s2)
+    assert "+0.2500" in text and "-0.0500" in text
+    assert (s2 / "metrics_vs_stage1.csv").read_text() == ("member,stage1_weighted_f1,stage2_weighted_f1,change\n"
+                                                         "fused,0.600000,0.550000,-0.050000\n"
+                                                         "routed,0.500000,0.750000,0.250000\n")
+    assert not list(s2.glob(".*.tmp"))
