@@ -61,26 +61,30 @@ class EnsemblePipeline:
     def _stage_names(self) -> list[str]:
         return [f"vote:{self.vote}"] + [f"{i}:{r.label}" for i, r in enumerate(self.rules.rules, 1)]
 
-    def fit(self, split, y) -> "EnsemblePipeline":
-        y = np.asarray(y, np.int64)
-        self.voter_ = Voter(self.vote, self.power).fit(split.probs, split.present, y, len(self.classes))
-        v = self.voter_.predict(split.probs, split.present)
-        state = State(split.ids, v.scores, v.labels)
-        for rule in self.rules.rules:
-            rule.fit(state, y, self.ctx)
-            state = rule.apply(state, self.ctx).state
-        return self
-
-    def run(self, split) -> Result:
+    def _walk(self, split, y=None) -> Result:
+        """Vote, then each rule in order. With ``y``, first fit the voter, and each rule on the state the
+        vote and the rules before it left (then apply it, as ``run`` does)."""
+        if y is not None:
+            self.voter_ = Voter(self.vote, self.power).fit(split.probs, split.present, y, len(self.classes))
         v = self.voter_.predict(split.probs, split.present)
         names = self._stage_names()
         state = State(split.ids, v.scores, v.labels)
         stages = [Stage(names[0], v.labels, v.scores, np.zeros(len(v.labels), bool))]
         for name, rule in zip(names[1:], self.rules.rules):
+            if y is not None:
+                rule.fit(state, y, self.ctx)
             out = rule.apply(state, self.ctx)
             state = out.state
             stages.append(Stage(name, state.labels, state.scores, out.changed, out.info))
         return Result(split.ids, v, stages)
+
+    def fit(self, split, y) -> "EnsemblePipeline":
+        """Tune on ``split``; ``fit_result_`` is what ``run(split)`` returns (kept, as it is computed anyway)."""
+        self.fit_result_ = self._walk(split, np.asarray(y, np.int64))
+        return self
+
+    def run(self, split) -> Result:
+        return self._walk(split)
 
     def describe(self, member_names=None) -> dict:
         v = self.voter_

@@ -95,11 +95,15 @@ def member_table(ms, pipeline: EnsemblePipeline) -> list[dict]:
 
 def oof_stage_table(ms, pipeline: EnsemblePipeline, n_splits: int = 5, seed: int = 0,
                     cross_fitted: bool = True) -> list[dict]:
-    """Metric after the vote and after each rule on the tuning rows: in-sample and cross-fitted."""
+    """Metric after the vote and after each rule on the tuning rows: in-sample and cross-fitted.
+
+    In-sample stages come from the pipeline's fit when it was fitted on ``ms.tuning`` (as both
+    callers do), else from running it there."""
     from sklearn.metrics import f1_score
 
     C = len(ms.classes)
-    res = pipeline.run(ms.tuning)
+    fitted = pipeline.fit_result_
+    res = fitted if fitted.ids is ms.tuning.ids else pipeline.run(ms.tuning)
     cf = cross_fit(pipeline, ms.tuning, ms.y, n_splits, seed) if cross_fitted else None
     rows = []
     for k, st in enumerate(res.stages):
