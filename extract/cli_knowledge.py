@@ -3,11 +3,10 @@ and re-ranking read (``name``, ``label``, ``scores``; ``reasoning`` on request).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-from .cache import CacheError, FeatureCache
+from .cache import CacheError, FeatureCache, atomic_open
 
 
 def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -> tuple[int, int, str]:
@@ -20,11 +19,8 @@ def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -
                          f"{fs.meta.get('modality')}); pass --feature vlm or a vlm-... key")
     ids = sorted(fs.done_ids())
     batch = fs.read(ids)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     written = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(out) as fh:
         for cid, rec in zip(ids, batch.data):
             if not rec or rec.get("label") is None:
                 continue
@@ -34,7 +30,6 @@ def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -
                 line["reasoning"] = rec.get("reasoning")
             fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             written += 1
-    tmp.replace(out)
     return written, len(fs.failures()), key
 
 
