@@ -18,7 +18,7 @@ from models.data import (InputError, first_few, cached_ids, load_features, read_
                          resolve_features)
 from models.heads import HEADS
 from models.normalize import NORMALIZERS
-from models.pseudo import read_pseudo
+from models.pseudo import meta_path, read_pseudo
 from models.run_dir import RunWriter, format_table, member_metrics, provenance, read_run, write_probs
 from models.train import (CLASS_WEIGHTS, MODELS, Problem, TrainConfig, TrainOnly, cross_validate, load_model_file,
                           predict_saved, resolve_device)
@@ -321,12 +321,12 @@ def fit(cache, labels, features, out, classes, groups, folds, seeds, head, model
 def _stage1_of(pseudo) -> str | None:
     if pseudo is None:
         return None
-    meta_path = Path(str(pseudo) + ".meta.json")
-    if not meta_path.is_file():
+    sidecar = meta_path(pseudo)
+    if not sidecar.is_file():
         return None
     import json
 
-    run = json.loads(meta_path.read_text(encoding="utf-8")).get("stage1_run")
+    run = json.loads(sidecar.read_text(encoding="utf-8")).get("stage1_run")
     return run if run and (Path(run) / "metrics.csv").is_file() else None
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.cache import atomic_open, atomic_write_text
 from extract.tables import read_rows
 
 PSEUDO_COLUMNS = ("name", "discrete", "confidence", "annotator_label", "annotator_confidence")
@@ -106,15 +107,20 @@ def select(ids: list[str], probs: np.ndarray, classes: list[str], annotator, min
     return Selection(list(ids), pred, conf, ann_label, ann_conf, keep, list(classes), counts)
 
 
+def meta_path(path: str | Path) -> Path:
+    """The provenance sidecar of a pseudo-label CSV: ``<csv>.meta.json``."""
+    return Path(str(path) + ".meta.json")
+
+
 def write_pseudo(path: str | Path, sel: Selection, meta: dict) -> Path:
+    """Write the CSV and its meta sidecar, each atomically (a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=PSEUDO_COLUMNS)
         w.writeheader()
         w.writerows(sel.rows())
     meta = dict(meta, counts=sel.counts, classes=sel.classes, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    Path(str(path) + ".meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    atomic_write_text(meta_path(path), json.dumps(meta, indent=2, default=str))
     return path
 
 
@@ -139,6 +145,6 @@ def read_pseudo(path: str | Path, classes: list[str]) -> PseudoLabels:
     if len(set(ids)) != len(ids):
         raise PseudoError(f"{path}: an id appears twice")
     conf = np.array([float(r.get("confidence") or 1.0) for r in rows])
-    meta_path = Path(str(path) + ".meta.json")
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    sidecar = meta_path(path)
+    meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
     return PseudoLabels(path, ids, [r["discrete"] for r in rows], conf, meta)

@@ -81,3 +81,14 @@ def test_a_run_dir_without_labels_is_a_clear_error(tmp_path):
         labeled_ids(tmp_path)
     (tmp_path / "labels.csv").write_text("\ufeffname,discrete\na,happy\nb,sad\n", encoding="utf-8")  # Excel BOM
     assert labeled_ids(tmp_path) == {"a", "b"}
+
+
+def test_write_pseudo_makes_the_folder_and_leaves_no_partial_file(tmp_path):
+    from models.pseudo import meta_path
+
+    sel = select(["x"], np.array([[0.9, 0.05, 0.05]]), CLASSES, ann({"x": ("angry", 0.8)}))
+    path = write_pseudo(tmp_path / "new" / "p.csv", sel, {"annotator": "a.jsonl"})
+    assert meta_path(path) == tmp_path / "new" / "p.csv.meta.json"
+    assert json.loads(meta_path(path).read_text())["counts"]["kept"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["p.csv", "p.csv.meta.json"]   # no *.tmp left
+    assert path.read_bytes().startswith(b"name,discrete,confidence,annotator_label,annotator_confidence\r\n")
