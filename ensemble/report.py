@@ -19,19 +19,18 @@ from .voting import fast_weighted_f1
 
 
 def classification_metrics(y, pred, classes) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from models.metrics import scores
 
     y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
     if not len(y):
-        return {"n": 0, "weighted_f1": float("nan"), "macro_f1": float("nan"), "accuracy": float("nan"),
-                "per_class": []}
+        return {"n": 0, **scores(y, pred), "per_class": []}
     all_labels = np.arange(len(classes))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=all_labels, zero_division=0)
     return {
         "n": int(len(y)),
-        "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
-        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-        "accuracy": float(accuracy_score(y, pred)),
+        **scores(y, pred),  # weighted_f1, macro_f1, accuracy
         "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                        "support": int(s[i]), "predicted": int((pred == i).sum())} for i, c in enumerate(classes)],
     }
@@ -105,18 +104,18 @@ def oof_stage_table(ms, pipeline: EnsemblePipeline, n_splits: int = 5, seed: int
     fitted = pipeline.fit_result_
     res = fitted if fitted.ids is ms.tuning.ids else pipeline.run(ms.tuning)
     cf = cross_fit(pipeline, ms.tuning, ms.y, n_splits, seed) if cross_fitted else None
+
+    def block(how, labels, changed) -> dict:
+        return {f"changed_{how}": int(changed.sum()), f"weighted_f1_{how}": fast_weighted_f1(ms.y, labels, C),
+                f"macro_f1_{how}": float(f1_score(ms.y, labels, average="macro", zero_division=0)),
+                f"accuracy_{how}": float((labels == ms.y).mean())}
+
     rows = []
     for k, st in enumerate(res.stages):
-        row = {"stage": st.name, "changed_in_sample": int(st.changed.sum()),
-               "weighted_f1_in_sample": fast_weighted_f1(ms.y, st.labels, C),
-               "macro_f1_in_sample": float(f1_score(ms.y, st.labels, average="macro", zero_division=0)),
-               "accuracy_in_sample": float((st.labels == ms.y).mean())}
+        row = {"stage": st.name, **block("in_sample", st.labels, st.changed)}
         if cf is not None:
             _, labels, changed = cf
-            row.update(changed_cross_fitted=int(changed[k].sum()),
-                       weighted_f1_cross_fitted=fast_weighted_f1(ms.y, labels[k], C),
-                       macro_f1_cross_fitted=float(f1_score(ms.y, labels[k], average="macro", zero_division=0)),
-                       accuracy_cross_fitted=float((labels[k] == ms.y).mean()))
+            row.update(block("cross_fitted", labels[k], changed[k]))
         rows.append(row)
     return rows
 
