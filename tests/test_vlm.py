@@ -549,6 +549,28 @@ def test_vlm_text_embeds_fresh_and_cached_reasoning(tiny_bert, tmp_path):
     assert np.allclose(direct.extract(Clip(id="a", path="a")).data, again.data[0], atol=1e-6)
 
 
+def test_vlm_text_looks_the_answers_up_once_per_instance(tiny_bert, tmp_path, monkeypatch):
+    import pickle
+
+    from extract.cache import Feature, put
+
+    why = {"a": "a broad smile, AU6 and AU12", "b": "lip corners down, AU15"}
+    recs = {n: Feature(record={"label": "happy", "reasoning": text}) for n, text in why.items()}
+    key = put(tmp_path, "vlm", "record", recs, failures={"c": "not json"}, meta={"modality": "knowledge"})
+    resolved = []
+    real = FeatureCache.resolve
+    monkeypatch.setattr(FeatureCache, "resolve", lambda self, name: resolved.append(name) or real(self, name))
+    ex = build(f"vlm-text:model={tiny_bert},cache={tmp_path}").ensure_loaded()
+    a, b = ex.extract(Clip(id="a", path="a")), ex.extract(Clip(id="b", path="b"))
+    assert a.source == b.source == f"vlm:{key}" and not np.allclose(a.data, b.data)
+    with pytest.raises(ExtractionError, match=f"no VLM answer for this clip in {key} \\(it failed: not json\\)"):
+        ex.extract(Clip(id="c", path="c"))
+    assert resolved == ["vlm"]
+    clone = pickle.loads(pickle.dumps(ex))  # a worker looks the answers up itself
+    assert not hasattr(clone, "_answers")
+    assert np.allclose(clone.ensure_loaded().extract(Clip(id="a", path="a")).data, a.data) and len(resolved) == 2
+
+
 def test_transformers_vlm_answer_recorded_when_the_model_writes_json(tiny_qwen, tmp_path):
     """The success path with a real (tiny) model: the random Qwen2.5-VL is first taught, by a few
     gradient steps, to answer this clip's exact input with one JSON object; the provider then loads

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..cache import CacheError, Feature, FeatureCache
+from ..cache import CacheError, Feature, FeatureCache, FeatureSet
 from ..registry import ExtractionError, register
 from .hf_text import HFTextConfig, HFTextExtractor
 from .vlm import ANSWERS_INFO
@@ -63,13 +63,31 @@ class VlmTextExtractor(HFTextExtractor):
         hits = [(k, r) for k, r in answers.items() if k == want or (want == "vlm" and k.startswith("vlm-"))]
         return hits[0] if len(hits) == 1 else None
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_answers", None)  # a worker looks the answers up itself
+        return state
+
+    def _answers_set(self) -> tuple[str, FeatureSet]:
+        """The VLM feature set, resolved once per instance on first use (and per cache folder).
+
+        Every feature set of a run exists (meta.json written) before its first clip, so the key
+        resolves the same for the whole run; answers the `vlm` extractor gives during the run reach
+        this clip through ``clip.info`` (:meth:`_fresh`), so the index loaded here once never needs
+        them. A failed lookup is not kept: the next clip tries again."""
+        root = self.cache_dir()
+        found = getattr(self, "_answers", None)
+        if found is None or found[0] != root:
+            cache = FeatureCache(root)
+            try:
+                key = cache.resolve(self.config.vlm)
+            except CacheError as exc:
+                raise ExtractionError(f"no VLM answers to embed: {exc}") from None
+            found = self._answers = (root, key, cache.feature_set(key))
+        return found[1], found[2]
+
     def _cached(self, clip) -> tuple[str, dict | None]:
-        cache = FeatureCache(self.cache_dir())
-        try:
-            key = cache.resolve(self.config.vlm)
-        except CacheError as exc:
-            raise ExtractionError(f"no VLM answers to embed: {exc}") from None
-        fs = cache.feature_set(key)
+        key, fs = self._answers_set()
         batch = fs.read([clip.id])
         if not batch.present[0]:
             why = batch.failures.get(clip.id)
