@@ -119,17 +119,18 @@ def ensemble(run_dirs, out, vote, rules_spec, annotator, power, ids_file, cross_
         notes.append(f"--annotator {annotator} was given but no rule uses it (add an annotator_override rule)")
     if n_nomember:
         notes.append(f"{n_nomember} predicted ids have no member at all: they got the labeled majority class")
+    described = pipeline.describe(ms.names)
     meta = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "toolkit_version": toolkit_version(),
         "arguments": {"run_dirs": [str(r) for r in run_dirs], "out": str(out), "vote": vote, "rules": rules_spec,
                       "annotator": annotator, "power": power, "ids": ids_file, "cross_fit": cross_fit},
         "classes": classes, "vote": vote, "power": pipeline.voter_.power_, "power_requested": power,
         "runs": [r.provenance() for r in ms.runs],
-        "members": pipeline.describe(ms.names)["members"],
-        "power_grid_oof_weighted_f1": pipeline.describe(ms.names)["power_grid_oof_weighted_f1"],
+        "members": described["members"],
+        "power_grid_oof_weighted_f1": described["power_grid_oof_weighted_f1"],
         "rules_file": str(rules.path) if rules.path else None,
         "rules": [r.entry for r in rules.rules],
-        "rules_applied": rules.describe(),
+        "rules_applied": described["rules"],
         "annotator": ann.summary(classes) if ann else None,
         "ids_file": str(ids_file) if ids_file else None,
         "tuned_on": _tuned_on(ms, pipeline),
