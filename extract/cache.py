@@ -135,15 +135,15 @@ def _read_text(path: Path) -> str | None:
 
 
 @contextmanager
-def atomic_open(path, newline: str | None = None):
+def atomic_open(path, newline: str | None = None, binary: bool = False):
     """A text file opened for writing that appears at ``path`` only when the block completes (tmp +
     fsync + rename): readers see the old file or the new one, never half of it; on an error the
-    old file stays and the tmp file is removed."""
+    old file stays and the tmp file is removed. ``binary``: a bytes file ("wb", e.g. for torch.save)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline=newline)) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from extract.cache import atomic_write_text
+from extract.cache import atomic_open, atomic_write_text
 from extract.registry import library_versions, toolkit_version
 from models.metrics import scores
 
@@ -96,10 +95,8 @@ class RunWriter:
     def model(self, fold, seed, saved: dict) -> None:
         import torch
 
-        path = self.root / "models" / f"fold{fold}_seed{seed}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(saved, tmp)
-        os.replace(tmp, path)
+        with atomic_open(self.root / "models" / f"fold{fold}_seed{seed}.pt", binary=True) as fh:
+            torch.save(saved, fh)
 
     def probs(self, part: str, member: str, ids, probs, classes) -> int:
         return write_probs(self.root / part / f"{member}.csv", ids, probs, classes)

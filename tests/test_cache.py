@@ -91,3 +91,23 @@ def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
     with atomic_open(target, newline="") as fh:
         fh.write("new\r\n")
     assert target.read_bytes() == b"new\r\n"
+
+
+def test_atomic_open_binary_writes_bytes_and_keeps_the_old_file_on_failure(tmp_path):
+    from extract.cache import atomic_open
+
+    target = tmp_path / "models" / "m.pt"
+    payload = bytes(range(256)) + b"\r\n\n"
+    with atomic_open(target, binary=True) as fh:
+        assert "b" in fh.mode
+        fh.write(payload)
+    assert target.read_bytes() == payload                   # no encoding, no newline translation
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, binary=True) as fh:
+            fh.write(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == payload and sorted(p.name for p in target.parent.iterdir()) == ["m.pt"]
+    with pytest.raises(TypeError):                          # text is refused in binary mode
+        with atomic_open(target, binary=True) as fh:
+            fh.write("text")
+    assert target.read_bytes() == payload and sorted(p.name for p in target.parent.iterdir()) == ["m.pt"]
