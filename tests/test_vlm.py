@@ -498,6 +498,39 @@ def test_face_crops_for_the_vlm():
     assert req.frames.shape == (2, 96, 96, 3)
 
 
+def test_vlm_face_crops_use_one_landmarker_opened_in_load(monkeypatch, tmp_path):
+    import pickle
+
+    from skimage.data import astronaut
+
+    from extract import faces
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    opened = []
+    real_open = faces.MediaPipeBackend._open
+    monkeypatch.setattr(faces.MediaPipeBackend, "_open", lambda self: opened.append(self) or real_open(self))
+    frames = np.stack([astronaut()] * 3)
+    c = Clip(id="f", path="f", frames=frames, frame_times=np.arange(3) / 5.0, text="x")
+    ex = build("vlm:provider=gemini,media=frames,frames=2,crop=face,crop_size=96")
+    cold = ex.request(c).frames  # before load(): a landmarker for this call only, closed after
+    assert len(opened) == 1 and not opened[0].opened
+    ex.ensure_loaded()
+    backend = ex.face_backend
+    assert len(opened) == 2 and backend.opened
+    for _ in range(3):  # every clip reuses it, with the same crops as a fresh one
+        assert np.array_equal(ex.request(c).frames, cold)
+    assert len(opened) == 2
+    clone = pickle.loads(pickle.dumps(ex))  # a worker opens its own
+    assert not clone.loaded and not hasattr(clone, "face_backend") and backend.opened
+    ex.close()
+    assert not backend.opened
+    answers = tmp_path / "a.jsonl"
+    answers.write_text(json.dumps({"name": "f", "label": "happy"}) + "\n")
+    jsonl = build(f"vlm:provider=jsonl,path={answers},crop=face").ensure_loaded()  # shows the model nothing
+    assert not hasattr(jsonl, "face_backend") and len(opened) == 2
+
+
 # -- vlm-text ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):

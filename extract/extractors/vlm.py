@@ -121,7 +121,14 @@ class VlmExtractor(Extractor):
         return payload
 
     def load(self):
+        if self._crops_faces():  # one landmarker for every clip of this process
+            from .. import faces
+
+            self.face_backend = faces.open_backend("mediapipe")
         self.provider.open()
+
+    def _crops_faces(self) -> bool:
+        return self.config.crop == "face" and self.config.provider != "jsonl"
 
     def preflight(self, load: bool) -> None:
         if self.config.provider == "gemini":  # no key: a usage error before any clip, not one per clip
@@ -131,12 +138,16 @@ class VlmExtractor(Extractor):
         super().preflight(load)
 
     def __getstate__(self):
-        # load() opens the provider in place (client, model): a worker gets a fresh, unopened one
+        # load() opens the provider in place (client, model): a worker gets a fresh, unopened one;
+        # the face landmarker load() made is left behind by the base class
         state = super().__getstate__()
         state["provider"] = type(self.provider)(self.config, self.device)
         return state
 
     def close(self):
+        backend = getattr(self, "face_backend", None)
+        if backend is not None:
+            backend.close()
         self.provider.close()
         self.loaded = False
 
@@ -162,13 +173,22 @@ class VlmExtractor(Extractor):
         if not whole_file and clip.frames is not None and (c.provider != "jsonl"):
             frames, times = sample_frames(clip.frames, clip.frame_times, c.frames)
             if c.crop == "face":
-                frames, _ = face_frames(frames, "mediapipe", c.margin, c.crop_size)
+                frames = self._face_crops(frames)
             req.frames, req.frame_times = frames, times
         if not whole_file and c.provider == "gemini":
             req.audio = clip.audio
         if c.provider != "jsonl" and not whole_file and req.frames is None and req.audio is None:
             raise ExtractionError("nothing to show the model: " + "; ".join(clip.missing.values()))
         return req
+
+    def _face_crops(self, frames):
+        backend = getattr(self, "face_backend", None)
+        if backend is not None and backend.opened:
+            return face_frames(frames, backend, self.config.margin, self.config.crop_size)[0]
+        from .. import faces
+
+        with faces.open_backend("mediapipe") as backend:  # request() before load(): for this call only
+            return face_frames(frames, backend, self.config.margin, self.config.crop_size)[0]
 
     def _decode_fallback(self, clip):
         from .. import media

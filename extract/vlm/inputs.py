@@ -64,14 +64,14 @@ def media_file(path: str | None, limit: int = INLINE_LIMIT) -> tuple[bytes, str]
     return Path(path).read_bytes(), mime
 
 
-def face_frames(frames: np.ndarray, backend_name: str, margin: float, size: int):
-    """Face crops of sampled frames (frames without a face are left whole, resized)."""
+def face_frames(frames: np.ndarray, backend, margin: float, size: int):
+    """Face crops of sampled frames (frames without a face are left whole, resized). ``backend``: an
+    open :class:`extract.faces.FaceBackend` (the extractor opens one in load() and keeps it)."""
     from PIL import Image
 
     from .. import faces
 
-    with faces.open_backend(backend_name) as backend:
-        track = faces.track_faces(backend, frames)
+    track = faces.track_faces(backend, frames)
     out = []
     for t, frame in enumerate(frames):
         if track.present[t]:
