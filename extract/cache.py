@@ -419,7 +419,6 @@ class ShardWriter:
         self.items: list[tuple[str, Feature]] = []
         self.fails: list[tuple[str, str]] = []
         self.seq = 0
-        self.written = 0
         self.dims: tuple | None = None
         for stale in fs.path.glob(".part-*.tmp"):  # left by a killed writer: never complete
             stale.unlink(missing_ok=True)
@@ -441,7 +440,6 @@ class ShardWriter:
         path = write_shard(self.fs.path / name, self.kind, self.items, self.fails, self.run_attrs)
         if self.items and self.kind != "record":
             self.dims = tuple(np.shape(self.items[0][1].data))
-        self.written += len(self.items)
         self.items, self.fails = [], []
         self.fs.refresh()
         return path
