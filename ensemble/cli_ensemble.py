@@ -10,7 +10,7 @@ import numpy as np
 from extract.registry import toolkit_version
 
 from .annotator import AnnotatorError, load_annotator
-from .members import RunDirError, load_members, peek_classes, read_labels_csv
+from .members import RunDirError, check_same_classes, load_members, peek_classes, read_labels_csv
 from .pipeline import EnsemblePipeline
 from .predictions import PredictionsError, read_meta, read_predictions, sidecar_paths, write_predictions
 from .report import classification_metrics, confusion, member_table, oof_stage_table, write_report
@@ -21,13 +21,8 @@ USER_ERRORS = (RunDirError, RulesError, AnnotatorError, PredictionsError)
 
 
 def _check_classes(run_dirs) -> list[str]:
-    classes = peek_classes(run_dirs[0])
-    for r in run_dirs[1:]:
-        other = peek_classes(r)
-        if sorted(other) != sorted(classes):
-            raise RunDirError(f"{Path(r) / 'classes.json'} has classes {other} but {Path(run_dirs[0]) / 'classes.json'} "
-                              f"has {classes}: runs to combine must share their classes")
-    return classes
+    """The runs' class order from their classes.json alone (cheap), so that rules are checked before any work."""
+    return check_same_classes(run_dirs, map(peek_classes, run_dirs))
 
 
 def _read_ids(path) -> list[str]:
@@ -97,7 +92,6 @@ def ensemble(run_dirs, out, vote, rules_spec, annotator, power, ids_file, cross_
         if vote != "reliance" and power != "auto":
             click.echo(f"note: --power is only used by --vote reliance (ignored for {vote})", err=True)
         ms = load_members(run_dirs, target_ids=target_ids, progress=True)
-        classes = ms.classes
         pipeline = EnsemblePipeline(classes, vote, power, rules, ann).fit(ms.tuning, ms.y)
         result = pipeline.run(ms.target)
     except USER_ERRORS as exc:

@@ -132,6 +132,22 @@ def peek_classes(path) -> list[str]:
     return classes
 
 
+def check_same_classes(paths, class_lists) -> list[str] | None:
+    """The first run's class order, once every other run has the same classes (in any order).
+
+    ``class_lists`` pairs with ``paths`` and may be lazy (e.g. ``map(peek_classes, paths)``): each run's
+    classes are only read after the runs before it agreed."""
+    first_path = first = None
+    for path, classes in zip(paths, class_lists):
+        if first is None:
+            first_path, first = path, classes
+        elif sorted(classes) != sorted(first):
+            raise RunDirError(f"{Path(path) / 'classes.json'} has classes {classes} but "
+                              f"{Path(first_path) / 'classes.json'} has {first}: runs to combine must share their "
+                              "classes")
+    return first
+
+
 def _pseudo_ids(run_path: Path, config: dict, notes: list[str]) -> set[str]:
     """Ids that came from the run's pseudo-label file (config keys containing 'pseudo' naming a CSV)."""
     out: set[str] = set()
@@ -264,11 +280,7 @@ def load_members(run_dirs, target_ids: list[str] | None = None, progress: bool =
         raise RunDirError("give at least one RUN_DIR")
     runs = [load_run_dir(p, notes) for p in run_dirs]
     _run_names(runs)
-    classes = runs[0].classes
-    for r in runs[1:]:
-        if sorted(r.classes) != sorted(classes):
-            raise RunDirError(f"{r.path / 'classes.json'} has classes {r.classes} but {runs[0].path / 'classes.json'} "
-                              f"has {classes}: runs to combine must share their classes")
+    classes = check_same_classes([r.path for r in runs], [r.classes for r in runs])
     members = [Member(f"{r.name}/{m['member']}", r.name, m["member"], str(m.get("kind", "expert")), m.get("feature"))
                for r in runs for m in r.members]
 

@@ -103,3 +103,29 @@ def test_tuning_never_holds_a_predicted_or_pseudo_labeled_id(tmp_path):
     # l1 is predicted from its out-of-fold rows (a model that never saw it)
     assert ms.target.present[:, 0].all()
     np.testing.assert_allclose(ms.target.probs[1, 0], [0.6, 0.2, 0.2], atol=1e-6)
+
+
+def test_class_check_is_the_same_from_classes_json_alone_and_stops_at_the_first_mismatch(tmp_path):
+    from click.testing import CliRunner
+
+    from ensemble.cli_ensemble import ensemble
+    from ensemble.members import check_same_classes, peek_classes
+
+    r1 = small_run(tmp_path / "r1")
+    r2 = small_run(tmp_path / "r2", classes=["c", "a", "b"])
+    r3 = tmp_path / "r3"
+    write_run_dir(r3, ["a", "b"], {"l1": "a"}, {"fused": (["l1"], P([0.5, 0.5]))}, {})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "classes.json").write_text("not json")
+    assert check_same_classes([r1, r2], map(peek_classes, [r1, r2])) == CL
+    expect = (f"{r3 / 'classes.json'} has classes ['a', 'b'] but {r1 / 'classes.json'} has {CL}: "
+              "runs to combine must share their classes")
+    with pytest.raises(RunDirError) as exc:
+        check_same_classes([r1, r3, broken], map(peek_classes, [r1, r3, broken]))  # broken is never read
+    assert str(exc.value) == expect
+    with pytest.raises(RunDirError) as exc:
+        load_members([r1, r3])
+    assert str(exc.value) == expect
+    res = CliRunner().invoke(ensemble, [str(r1), str(r3), str(broken), "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code != 0 and expect in res.output and not (tmp_path / "p.csv").exists()
