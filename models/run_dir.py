@@ -63,15 +63,15 @@ class RunWriter:
     def __init__(self, root):
         self.root = Path(root)
 
-    def prepare(self, overwrite: bool = True) -> None:
+    def prepare(self) -> None:
+        """Create the sub-folders and empty them of an earlier run's files."""
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("oof", "test", "curves", "models"):
             d = self.root / sub
             d.mkdir(exist_ok=True)
-            if overwrite:
-                for f in d.iterdir():
-                    if f.is_file():
-                        f.unlink()
+            for f in d.iterdir():
+                if f.is_file():
+                    f.unlink()
 
     def config(self, cfg: dict) -> None:
         atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,11 +56,6 @@ class TrainConfig:
     def arch(self) -> dict:
         return dict(hidden=self.hidden, n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["seeds"] = list(self.seeds)
-        return d
-
 
 @dataclass
 class TrainOnly:
@@ -94,8 +89,6 @@ class CVResult:
     members: list[dict]
     oof: dict                           # member -> (n_lab, C) averaged over seeds, NaN where absent
     test: dict                          # member -> (n_test, C) averaged over folds and seeds, NaN where absent
-    curves: dict = field(default_factory=dict)   # (fold, seed) -> list of rows
-    best: dict = field(default_factory=dict)     # (fold, seed) -> (epoch, val weighted F1)
 
 
 def resolve_device(name: str) -> str:
@@ -219,23 +212,21 @@ def to_tensors(features, xs_np, replaced: dict, device) -> Tensors:
 
 # ----------------------------------------------------------------------------------------------- loop
 @torch.no_grad()
-def predict_rows(model, tensors: Tensors, rows: np.ndarray, device) -> tuple[dict, dict, torch.Tensor]:
+def predict_rows(model, tensors: Tensors, rows: np.ndarray, device) -> tuple[dict, dict]:
     """Member probabilities of ``rows`` (eval mode: BatchNorm running stats, no dropout)."""
     model.eval()
     probs: dict = {}
     present: dict = {}
-    logits_main = []
     for start in range(0, len(rows), EVAL_CHUNK):
         idx = torch.as_tensor(rows[start:start + EVAL_CHUNK], dtype=torch.long, device=device)
         out = model(*tensors.take(idx))
         for m, lg in out.logits.items():
             probs.setdefault(m, []).append(torch.softmax(lg.double(), dim=1).cpu())
             present.setdefault(m, []).append(out.present[m].cpu())
-        logits_main.append(out.logits[out.main].cpu())
     if not len(rows):
-        return {}, {}, torch.zeros(0)
+        return {}, {}
     return ({m: torch.cat(v).numpy() for m, v in probs.items()},
-            {m: torch.cat(v).numpy().astype(bool) for m, v in present.items()}, torch.cat(logits_main))
+            {m: torch.cat(v).numpy().astype(bool) for m, v in present.items()})
 
 
 def _batches(perm: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -364,19 +355,17 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
                 else:
                     curve, best_epoch, best_f1 = train_model(model, tensors, train_rows, y_train, w_train, val_rows,
                                                              problem.y[va], cfg, run_seed, progress=bar)
-                probs, present, _ = predict_rows(model, tensors, val_rows, cfg.device)
+                probs, present = predict_rows(model, tensors, val_rows, cfg.device)
                 for m in names:
                     ok = present[m]
                     oof_sum[m][va[ok]] += probs[m][ok]
                     oof_n[m][va[ok]] += 1
                 if len(problem.test_rows):
-                    probs, present, _ = predict_rows(model, tensors, problem.test_rows, cfg.device)
+                    probs, present = predict_rows(model, tensors, problem.test_rows, cfg.device)
                     for m in names:
                         ok = present[m]
                         test_sum[m][ok] += probs[m][ok]
                         test_n[m][ok] += 1
-                result.curves[(fold, seed)] = curve
-                result.best[(fold, seed)] = (best_epoch, best_f1)
                 if on_fold is not None:
                     on_fold(fold, seed, saved_model(model, cfg, specs, problem.classes, norms, boosters, fold, seed,
                                                     best_epoch, best_f1), curve)
@@ -435,5 +424,5 @@ def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, dev
     tensors = to_tensors(features, xs_np, replaced, device)
     model = build_model(saved["model"], specs, c, saved["arch"]).to(device)
     model.load_state_dict(saved["state_dict"])
-    probs, present, _ = predict_rows(model, tensors, np.arange(len(features[0].present)), device)
+    probs, present = predict_rows(model, tensors, np.arange(len(features[0].present)), device)
     return probs, present
