@@ -17,6 +17,8 @@ import numpy as np
 
 from extract.cache import atomic_open
 
+from .reranking import State
+
 HEADER = ["name", "discrete"]
 
 
@@ -51,12 +53,7 @@ def write_predictions(out, ids, labels, classes, result=None, meta: dict | None 
     if result is not None:
         final = result.final
         changed = result.changed_by()
-        n = len(ids)
-        cur = final.scores[np.arange(n), final.labels] if n else np.zeros(0)
-        other = final.scores.copy()
-        if n:
-            other[np.arange(n), final.labels] = -np.inf
-        margin = cur - other.max(axis=1) if n and len(classes) > 1 else cur
+        margin = State(ids, final.scores, final.labels).margins()
 
         def details(fh):
             w = csv.writer(fh, lineterminator="\n")
