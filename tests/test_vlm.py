@@ -488,6 +488,20 @@ def test_transformers_vlm_runs_frames_and_transcript_through_chat_template(tiny_
                         missing={"frames": "no video stream"}))
 
 
+def test_transformers_vlm_runs_with_device_auto(tiny_qwen):
+    """`--device auto` (the CLI default) reaches the provider as "auto": it picks cuda when present, else cpu."""
+    import torch
+
+    ex = build(f"vlm:provider=transformers,model={tiny_qwen},frames=2,max_new_tokens=4", device="auto")
+    reply = ex.ensure_loaded().provider.ask(ex.request(clip()))
+    assert reply.meta["new_tokens"] >= 1
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(ex.provider.model.parameters()).device.type == want
+    on_cpu = build(f"vlm:provider=transformers,model={tiny_qwen},frames=2,max_new_tokens=4", device="cpu")
+    if want == "cpu":  # same device, same greedy answer
+        assert on_cpu.ensure_loaded().provider.ask(on_cpu.request(clip())).text == reply.text
+
+
 def test_face_crops_for_the_vlm():
     from skimage.data import astronaut
 

@@ -39,15 +39,18 @@ class TransformersVLM(Provider):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from ..extractors.hf_common import resolve_device
+
         c = self.config
         if not c.model:
             raise VLMError("provider=transformers needs model=PATH_OR_ID (e.g. a Qwen2.5-VL folder)")
+        self.torch_device = resolve_device(self.device)  # "auto" (the CLI default) -> cuda when present, else cpu
         torch.manual_seed(c.seed)
         try:
             self.processor = AutoProcessor.from_pretrained(c.model)
             dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                      "float16": torch.float16}[c.dtype]
-            self.model = AutoModelForImageTextToText.from_pretrained(c.model, dtype=dtype).to(self.device).eval()
+            self.model = AutoModelForImageTextToText.from_pretrained(c.model, dtype=dtype).to(self.torch_device).eval()
         except (OSError, ValueError) as exc:
             raise VLMError(f"cannot load the VLM {c.model!r} ({type(exc).__name__}: {exc}); give a local folder "
                            "saved with save_pretrained, or an id your Hugging Face cache holds") from exc
@@ -67,7 +70,7 @@ class TransformersVLM(Provider):
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": request.prompt}]
         messages = [{"role": "user", "content": content}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
+        inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.torch_device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
         new = out[:, inputs["input_ids"].shape[1]:]
