@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.tables import read_rows
+
 
 class AnnotatorError(ValueError):
     """The annotator file cannot be used at all (missing, wrong columns)."""
@@ -120,26 +122,22 @@ def _read_jsonl(path: Path) -> Annotator:
 
 
 def _read_csv(path: Path) -> Annotator:
-    import csv
-
     answers: dict[str, Answer] = {}
     problems: list[str] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "name" not in cols or "label" not in cols:
-            raise AnnotatorError(f"annotator file {path} has header {','.join(cols)}; expected name,label[,confidence]")
-        for lineno, row in enumerate(reader, 2):
-            name, label = (row.get("name") or "").strip(), (row.get("label") or "").strip()
-            if not name or not label:
-                problems.append(f"{path}:{lineno}: empty name or label")
-                continue
-            try:
-                conf = _confidence({"confidence": row.get("confidence") or None}, label)
-            except (ValueError, TypeError) as exc:
-                problems.append(f"{path}:{lineno}: {exc}")
-                continue
-            answers[name] = Answer(label, conf)
+    cols, rows = read_rows(path, (), AnnotatorError, "annotator file")
+    if "name" not in cols or "label" not in cols:
+        raise AnnotatorError(f"annotator file {path} has header {','.join(cols)}; expected name,label[,confidence]")
+    for lineno, row in enumerate(rows, 2):
+        name, label = (row.get("name") or "").strip(), (row.get("label") or "").strip()
+        if not name or not label:
+            problems.append(f"{path}:{lineno}: empty name or label")
+            continue
+        try:
+            conf = _confidence({"confidence": row.get("confidence") or None}, label)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{path}:{lineno}: {exc}")
+            continue
+        answers[name] = Answer(label, conf)
     return Annotator(path, answers, problems)
 
 

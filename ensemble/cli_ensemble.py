@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from extract.registry import toolkit_version
+from extract.tables import read_rows
 
 from .annotator import AnnotatorError, load_annotator
 from .members import RunDirError, check_same_classes, load_members, peek_classes, read_labels_csv
@@ -26,15 +27,10 @@ def _check_classes(run_dirs) -> list[str]:
 
 
 def _read_ids(path) -> list[str]:
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise PredictionsError(f"--ids file {path} cannot be read as CSV ({exc})") from exc
-    if "name" not in df.columns:
+    cols, rows = read_rows(path, (), PredictionsError, "--ids file")
+    if "name" not in cols:
         raise PredictionsError(f"--ids file {path} has no 'name' column")
-    return [n for n in df["name"].str.strip() if n]
+    return [n for n in ((r["name"] or "").strip() for r in rows) if n]
 
 
 def _tuned_on(ms, pipeline) -> dict:

@@ -158,13 +158,13 @@ def _pseudo_ids(run_path: Path, config: dict, notes: list[str]) -> set[str]:
         if not p.is_absolute() and not p.exists():
             p = run_path / value
         if p.is_file() and p.suffix.lower() == ".csv":
-            import pandas as pd
-
             try:
-                out.update(pd.read_csv(p, dtype=str, usecols=["name"])["name"].str.strip())
-            except Exception as exc:
+                _, rows = read_rows(p, ("name",), RunDirError, "pseudo-label file")
+            except (RunDirError, OSError) as exc:
                 notes.append(f"{run_path}/config.yaml names pseudo-label file {p} but it cannot be read ({exc})")
-        elif value:
+                continue
+            out.update(n for n in ((r["name"] or "").strip() for r in rows) if n)
+        else:
             notes.append(f"{run_path}/config.yaml names pseudo-label file {value} which is not here; "
                          "its ids cannot be left out of tuning")
     return out

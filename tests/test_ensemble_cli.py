@@ -217,3 +217,17 @@ def test_annotator_without_answers_for_labeled_clips_is_noted(runs, tmp_path):
     assert "rule 2:gemini-modification: changed 0 labels" in res.output
     meta = json.loads((tmp_path / "p.meta.json").read_text())
     assert any("answers none of the 240 tuning rows" in n for n in meta["notes"])
+
+
+def test_ids_file_picks_the_predicted_ids(runs, tmp_path):
+    ids = sorted(runs["truth"])[:3]
+    ids_csv = tmp_path / "ids.csv"
+    ids_csv.write_text("\ufeffname,extra\n" + "".join(f" {n} ,x\n" for n in ids) + ",x\n" + f"{ids[0]},x\n",
+                       encoding="utf-8")
+    out = tmp_path / "p.csv"
+    res = invoke(ensemble, [*runs["paths"], "--out", out, "--vote", "soft", "--ids", ids_csv])
+    assert res.exit_code == 0, res.output
+    assert [r[0] for r in read_rows(out)[1:]] == ids
+    write_csv(ids_csv, ["id"], [[ids[0]]])
+    res = invoke(ensemble, [*runs["paths"], "--out", tmp_path / "q.csv", "--ids", ids_csv])
+    assert res.exit_code != 0 and f"--ids file {ids_csv} has no 'name' column" in res.output

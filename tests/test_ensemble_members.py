@@ -129,3 +129,17 @@ def test_class_check_is_the_same_from_classes_json_alone_and_stops_at_the_first_
     assert str(exc.value) == expect
     res = CliRunner().invoke(ensemble, [str(r1), str(r3), str(broken), "--out", str(tmp_path / "p.csv")])
     assert res.exit_code != 0 and expect in res.output and not (tmp_path / "p.csv").exists()
+
+
+def test_pseudo_label_file_is_read_like_every_user_csv_and_a_bad_one_is_noted(tmp_path):
+    pseudo = tmp_path / "pseudo.csv"
+    pseudo.write_text("\ufeffname,discrete\n l3 ,c\n,a\n", encoding="utf-8")  # Excel BOM, padded id, empty id
+    r = small_run(tmp_path / "r", config={"pseudo_file": str(pseudo)})
+    ms = load_members([r])
+    assert ms.tuning.ids == ["l1", "l2"] and ms.counts["pseudo_ids_left_out"] == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,discrete\nl3,c\n")
+    r2 = small_run(tmp_path / "r2", config={"pseudo_file": str(bad)})
+    ms = load_members([r2])
+    assert ms.tuning.ids == ["l1", "l2", "l3"]
+    assert any(f"names pseudo-label file {bad} but it cannot be read" in n and "missing name" in n for n in ms.notes)

@@ -245,3 +245,6 @@ def test_annotator_file_formats(tmp_path):
     c.write_text("id,label\nx,sad\n")
     with pytest.raises(ValueError, match="expected name,label"):
         load_annotator(c)
+    c.write_text("\ufeffname,label\nx,sad\ny,\n", encoding="utf-8")  # Excel's BOM
+    a = load_annotator(c)
+    assert a.answers["x"].label == "sad" and a.problems == [f"{c}:3: empty name or label"]
