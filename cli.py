@@ -4,16 +4,73 @@ Run as ``python cli.py COMMAND --help`` from a checkout, or ``moe-emotion COMMAN
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import MutableMapping
+
 import click
 
-from ensemble.cli_ensemble import ensemble, evaluate
-from extract.cli_extract import cache_group, extract_cmd, features_cmd
-from extract.cli_knowledge import export_annotator_cmd
-from models.cli_fit import fit, predict
-from models.cli_pseudo import pseudo_label
+#: command name -> "module:attribute"; a module is imported when its command is used, so
+#: `cli.py extract` or `cache info` do not pay for importing torch and scikit-learn (fit, ensemble)
+COMMANDS = {
+    "extract": "extract.cli_extract:extract_cmd",
+    "features": "extract.cli_extract:features_cmd",
+    "cache": "extract.cli_extract:cache_group",
+    "export-annotator": "extract.cli_knowledge:export_annotator_cmd",
+    "fit": "models.cli_fit:fit",
+    "predict": "models.cli_fit:predict",
+    "pseudo-label": "models.cli_pseudo:pseudo_label",
+    "ensemble": "ensemble.cli_ensemble:ensemble",
+    "evaluate": "ensemble.cli_ensemble:evaluate",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def load_command(target: str) -> click.Command:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class LazyCommands(MutableMapping):
+    """name -> command, where a command given as "module:attribute" is imported on first access.
+    Names (``in``, iteration, ``len``) never import anything."""
+
+    def __init__(self, targets: dict[str, str]):
+        self._targets = dict(targets)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            self._loaded[name] = load_command(self._targets[name])  # KeyError for an unknown name
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._targets[name] = ""
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._targets[name]
+        self._loaded.pop(name, None)
+
+    def __contains__(self, name) -> bool:
+        return name in self._targets
+
+    def __iter__(self):
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported when used (``lazy``: name -> "module:attribute").
+    ``get_command``/``list_commands`` work through :class:`LazyCommands`: the names are listed as
+    before (sorted), and only the command being run (or, for ``--help``, listed) is imported."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, commands=LazyCommands(lazy or {}), **kwargs)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"],
+                                                             "show_default": True})
 def main():
     """Multimodal emotion recognition from video: cache frozen embeddings once, train small expert
     heads and a Mixture-of-Experts router on the cache, use unlabeled clips through consensus
@@ -41,8 +98,12 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
     import time
     from pathlib import Path
 
+    from ensemble.cli_ensemble import ensemble, evaluate
+    from extract.cli_extract import extract_cmd
     from extract.defaults import DEFAULT_FEATURES, default_feature_names
     from extract.demo_data import make_demo_set
+    from models.cli_fit import fit
+    from models.cli_pseudo import pseudo_label
 
     t0 = time.time()
     out = Path(out_dir)
@@ -79,9 +140,7 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
                f"{report / 'confusion.png'}\n  runs: {stage1}, {stage2}; cache: {cache}")
 
 
-for command in (extract_cmd, features_cmd, cache_group, export_annotator_cmd, fit, predict,
-                pseudo_label, ensemble, evaluate, demo):
-    main.add_command(command)
+main.add_command(demo)
 
 if __name__ == "__main__":
     main()

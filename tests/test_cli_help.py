@@ -32,3 +32,29 @@ def test_top_level_help_lists_the_chain():
     res = CliRunner().invoke(cli.main, ["--help"])
     for name in ("extract", "fit", "pseudo-label", "ensemble", "evaluate", "demo", "features", "cache", "predict"):
         assert name in res.output
+
+
+def test_commands_are_imported_only_when_used(tmp_path):
+    """`cache info`, `extract`, `features` must not pay for importing torch and scikit-learn."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, cli\nfrom click.testing import CliRunner\n"
+            f"r = CliRunner().invoke(cli.main, ['cache', 'info', '--cache', {str(tmp_path)!r}])\n"
+            "assert r.exit_code == 1 and 'no feature sets' in r.output, r.output\n"
+            "heavy = ('torch', 'sklearn', 'models.cli_fit', 'ensemble.cli_ensemble')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(cli.__file__).parent, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_listed_command_loads_under_its_name():
+    ctx = click.Context(cli.main)
+    names = cli.main.list_commands(ctx)
+    assert names == sorted(names) and len(names) == 10 and "fit" in cli.main.commands
+    for name in names:
+        assert cli.main.get_command(ctx, name).name == name
+    assert cli.main.get_command(ctx, "no-such-command") is None
