@@ -42,14 +42,7 @@ class Annotator:
     problems: list[str] = field(default_factory=list)  # "file:line: reason"
 
     def align(self, ids, classes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For ``ids``: (class index or -1, confidence or NaN, answered-but-outside-classes flag).
-
-        The last result is remembered for the same ``ids`` object (rules call this once per
-        threshold candidate while tuning)."""
-        key = (id(ids), len(ids), tuple(classes))
-        memo = getattr(self, "_memo", None)
-        if memo is not None and memo[0] == key and memo[1] is ids:
-            return memo[2]
+        """For ``ids``: (class index or -1, confidence or NaN, answered-but-outside-classes flag)."""
         cidx = {c.lower(): i for i, c in enumerate(classes)}
         lab = np.full(len(ids), -1, np.int64)
         conf = np.full(len(ids), np.nan)
@@ -64,9 +57,6 @@ class Annotator:
                 continue
             lab[i] = j
             conf[i] = a.confidence
-        for arr in (lab, conf, outside):
-            arr.flags.writeable = False
-        self._memo = (key, ids, (lab, conf, outside))
         return lab, conf, outside
 
     def summary(self, classes) -> dict:

@@ -121,7 +121,8 @@ def _fraction(value, where, key, allow_auto) -> float | str:
 class Rule:
     """Base class. Subclasses declare ``name``, ``keys`` (allowed entry keys -> default, ``...`` for
     required), ``grids`` (params that may be 'auto' -> candidate values, conservative first), and
-    implement ``_check`` (validate/convert params) and ``_apply``."""
+    implement ``_check`` (validate/convert params) and ``_apply``; ``_prepare`` optionally computes
+    what ``_apply`` needs that does not depend on the params (once per fit, not per grid point)."""
 
     name: ClassVar[str]
     keys: ClassVar[dict] = {}
@@ -148,7 +149,11 @@ class Rule:
     def _check(self) -> None:
         raise NotImplementedError
 
-    def _apply(self, state: State, ctx: Context, params: dict) -> Outcome:
+    def _prepare(self, state: State, ctx: Context) -> dict:
+        """Param-independent inputs of ``_apply`` for ``state`` (computed once by ``fit`` and by ``apply``)."""
+        return {}
+
+    def _apply(self, state: State, ctx: Context, params: dict, prep: dict) -> Outcome:
         raise NotImplementedError
 
     def fit(self, state: State, y: np.ndarray, ctx: Context) -> "Rule":
@@ -163,10 +168,11 @@ class Rule:
             raise RulesError(f"{self.where}: 'auto' thresholds are tuned on out-of-fold rows of labeled ids, and the "
                              "RUN_DIRs have none: give numbers instead of 'auto'")
         C = len(self.classes)
+        prep = self._prepare(state, ctx)
         best, best_score = None, -1.0
         for combo in itertools.product(*(self.grids[k] for k in auto)):
             params = {**self.params, **dict(zip(auto, combo))}
-            score = fast_weighted_f1(y, self._apply(state, ctx, params).state.labels, C)
+            score = fast_weighted_f1(y, self._apply(state, ctx, params, prep).state.labels, C)
             self.grid_scores_[combo] = score
             if score > best_score + 1e-12:
                 best, best_score = params, score
@@ -180,7 +186,7 @@ class Rule:
             if any(v == AUTO for v in self.params.values()):
                 raise RuntimeError(f"{self.where}: fit the rule before applying it (it has 'auto' thresholds)")
             params = self.params
-        return self._apply(state, ctx, params)
+        return self._apply(state, ctx, params, self._prepare(state, ctx))
 
     def describe(self) -> dict:
         out = {"rule": self.name, "name": self.label}
@@ -210,7 +216,7 @@ class ClassPriority(Rule):
             raise RulesError(f"{self.where}: {', '.join(sorted(both))} is both in 'when_top' and 'prefer'")
         p["margin"] = _fraction(p["margin"], self.where, "margin", allow_auto=True)
 
-    def _apply(self, state, ctx, params):
+    def _apply(self, state, ctx, params, prep):
         cidx = {c: i for i, c in enumerate(self.classes)}
         top = np.array([cidx[c] for c in params["when_top"]])
         pref = np.array([cidx[c] for c in params["prefer"]])
@@ -279,7 +285,7 @@ class PriorCorrection(Rule):
             raise RuntimeError(f"{self.where}: target 'labeled' needs the rule to be fitted on labeled rows")
         return self.labeled_prior_
 
-    def _apply(self, state, ctx, params):
+    def _apply(self, state, ctx, params, prep):
         p = np.clip(state.scores, 0, None)
         if not len(p):
             return _relabel(state, state.labels.copy())
@@ -331,16 +337,20 @@ class AnnotatorOverride(Rule):
                 return self
         return super().fit(state, y, ctx)
 
-    def _apply(self, state, ctx, params):
+    def _prepare(self, state, ctx):
         if ctx.annotator is None:
             raise RulesError(f"{self.where}: 'annotator_override' needs --annotator FILE")
         lab, conf, outside = ctx.annotator.align(state.ids, self.classes)
+        return {"lab": lab, "conf": conf, "outside": outside, "margins": state.margins()}
+
+    def _apply(self, state, ctx, params, prep):
+        lab, conf, outside = prep["lab"], prep["conf"], prep["outside"]
         answered = lab >= 0
         if params["trust"] is not None:
             trusted = np.isin(lab, [self.classes.index(c) for c in params["trust"]])
         else:
             trusted = answered
-        take = trusted & (np.nan_to_num(conf, nan=-1.0) > params["confidence"]) & (state.margins() < params["margin"])
+        take = trusted & (np.nan_to_num(conf, nan=-1.0) > params["confidence"]) & (prep["margins"] < params["margin"])
         out = _relabel(state, np.where(take, lab, state.labels))
         out.info = {"answers": int(answered.sum() + outside.sum()), "outside_classes_ignored": int(outside.sum()),
                     "no_answer": int(len(lab) - answered.sum() - outside.sum()),

@@ -164,6 +164,52 @@ def test_auto_thresholds_are_tuned_on_given_rows_and_stay_conservative_for_a_bad
             s, Context(classes, good))
 
 
+class CountingAnnotator(Annotator):
+    calls = 0
+
+    def align(self, ids, classes):
+        self.calls += 1
+        return super().align(ids, classes)
+
+
+def test_annotator_override_aligns_once_per_fit_not_once_per_grid_point():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 200)
+    p = rng.dirichlet(np.ones(3), 200)
+    ids = [f"i{k}" for k in range(200)]
+    classes = ["a", "b", "c"]
+    a = CountingAnnotator("mem", {i: Answer(classes[t], float(c)) for i, t, c in zip(ids, y, rng.uniform(0.4, 1, 200))})
+    r, ctx = rule({"rule": "annotator_override", "margin": "auto", "confidence": "auto"}, classes, a)
+    s = State(ids, p, p.argmax(axis=1))
+    r.fit(s, y, ctx)
+    assert len(r.grid_scores_) == 49 and a.calls <= 2
+    a.calls = 0
+    out = r.apply(s, ctx)
+    assert a.calls == 1 and out.changed.any()
+    # the tuned thresholds are the grid point a plain apply with each of them scores best on
+    best = max(r.grid_scores_.values())
+    m, c = next(k for k, v in r.grid_scores_.items() if v == best)
+    fixed, _ = rule({"rule": "annotator_override", "margin": m, "confidence": c}, classes, a)
+    np.testing.assert_array_equal(fixed.apply(s, ctx).state.labels, out.state.labels)
+
+
+def test_annotator_override_errors_come_in_the_same_order():
+    classes = ["a", "b", "c"]
+    s = state([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3]])
+    auto = {"rule": "annotator_override", "margin": "auto", "confidence": "auto"}
+    r, ctx = rule(auto, classes, None)
+    with pytest.raises(RulesError, match="give numbers instead of 'auto'"):
+        r.fit(s, np.zeros(0, int), ctx)
+    with pytest.raises(RulesError, match="'annotator_override' needs --annotator FILE"):
+        r.fit(s, np.array([0, 1]), ctx)
+    with pytest.raises(RuntimeError, match="fit the rule"):
+        rule(auto, classes, None)[0].apply(s, ctx)
+    fixed, _ = rule({"rule": "annotator_override", "margin": 0.1, "confidence": 0.5}, classes, None)
+    fixed.fit(s, np.array([0, 1]), ctx)  # nothing to tune: no annotator needed yet
+    with pytest.raises(RulesError, match="'annotator_override' needs --annotator FILE"):
+        fixed.apply(s, ctx)
+
+
 # -- validation ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry,match", [
