@@ -311,7 +311,12 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
     test_sum = {m: np.zeros((len(problem.test_rows), c)) for m in names}
     test_n = {m: np.zeros(len(problem.test_rows)) for m in names}
     result = CVResult(members, {}, {})
-    global_norm = (fit_normalizers(problem, cfg.normalize, None) if cfg.normalize in FOLD_INDEPENDENT else None)
+    global_norm = global_xs = None
+    if cfg.normalize in FOLD_INDEPENDENT:  # same statistics, hence same inputs, in every fold: normalise once
+        global_norm = fit_normalizers(problem, cfg.normalize, None)
+        # read-only from here on: lgbm_inputs copies the rows it fits on, to_tensors shares the arrays
+        # (torch.from_numpy) and the loop only ever reads them through index_select (Tensors.take)
+        global_xs = normalize_features(problem.features, global_norm, problem.row_groups)
     n_jobs = max(1, torch.get_num_threads())
     bar = tqdm(total=cfg.folds * len(cfg.seeds), desc=f"fit {cfg.model}", unit="fit", disable=not progress)
     with deterministic():
@@ -332,8 +337,11 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
                     g_train = None if g_train is None else np.concatenate(
                         [g_train, np.array([f"__train_only_{i}" for i in range(len(t.rows))], dtype=object)])
                 w_train = w_train * class_weights(y_train, c, cfg.class_weight)[y_train]
-                norms = global_norm or fit_normalizers(problem, cfg.normalize, train_rows)
-                xs_np = normalize_features(problem.features, norms, problem.row_groups)
+                if global_norm is not None:
+                    norms, xs_np = global_norm, global_xs
+                else:
+                    norms = fit_normalizers(problem, cfg.normalize, train_rows)
+                    xs_np = normalize_features(problem.features, norms, problem.row_groups)
                 torch.manual_seed(run_seed)
                 np.random.seed(run_seed % (2 ** 32))
                 boosters, replaced = lgbm_inputs(specs, problem.features, xs_np, train_rows, y_train, w_train,

@@ -41,3 +41,32 @@ def test_train_only_rows_join_every_training_fold_and_never_validation(tmp_path,
     assert vals == set(lab_rows.tolist())                     # each labeled id validated once
     assert res.oof["routed"].shape == (len(lab), len(classes))
     assert np.isfinite(res.oof["routed"]).all() and np.isfinite(res.test["routed"]).all()
+
+
+def test_fold_independent_normalisation_runs_once_and_its_arrays_stay_untouched(tmp_path, monkeypatch):
+    syn = make_synthetic_cache(tmp_path / "cache", n_labeled=30, n_unlabeled=6)
+    ids = sorted(syn.truth)
+    feats = load_features(FeatureCache(syn.cache), [syn.keys["vec"], syn.keys["ser"]], ids)
+    classes = sorted(set(syn.truth.values()))
+    pos = {c: i for i, c in enumerate(ids)}
+    lab = sorted(syn.labels)
+    problem = train.Problem(ids, feats, classes, np.array([pos[i] for i in lab]),
+                            np.array([classes.index(syn.labels[i]) for i in lab]),
+                            np.array([pos[i] for i in sorted(syn.unlabeled)]))
+    calls = []
+    real = train.normalize_features
+
+    def spy(features, normalizers, row_groups=None):
+        xs = real(features, normalizers, row_groups)
+        calls.append((xs, [x.copy() for x in xs]))
+        return xs
+
+    monkeypatch.setattr(train, "normalize_features", spy)
+    for mode, expected in (("pool", 1), ("fold", 3 * 2)):
+        calls.clear()
+        cfg = train.TrainConfig(folds=3, seeds=(0, 1), epochs=2, hidden=8, n_heads=2, batch_size=8, device="cpu",
+                                normalize=mode)
+        train.cross_validate(problem, cfg, progress=False)
+        assert len(calls) == expected, mode
+        for xs, before in calls:   # training reads the normalised inputs, never writes into them
+            assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(xs, before))
