@@ -281,8 +281,12 @@ class PriorCorrection(Rule):
         t = params["target"]
         if isinstance(t, dict):
             return np.array([t[c] for c in self.classes])
+        return self._labeled_prior("target")
+
+    def _labeled_prior(self, key: str) -> np.ndarray:
+        """The labeled class shares, for ``key`` ('target' or 'source') set to 'labeled'."""
         if not hasattr(self, "labeled_prior_"):
-            raise RuntimeError(f"{self.where}: target 'labeled' needs the rule to be fitted on labeled rows")
+            raise RuntimeError(f"{self.where}: {key} 'labeled' needs the rule to be fitted on labeled rows")
         return self.labeled_prior_
 
     def _apply(self, state, ctx, params, prep):
@@ -293,7 +297,7 @@ class PriorCorrection(Rule):
         if params["method"] == "ipf":
             v = _ipf(p, target)
         else:
-            src = p.mean(axis=0) if params["source"] == "predicted" else self._labeled_source()
+            src = p.mean(axis=0) if params["source"] == "predicted" else self._labeled_prior("source")
             v = np.where(src > 0, target / np.clip(src, 1e-12, None), 1.0)
         v = np.clip(v, 1e-8, None) ** params["strength"]
         q = p * v
@@ -304,11 +308,6 @@ class PriorCorrection(Rule):
         out = _relabel(state, new, q)
         out.info = {"factors": dict(zip(self.classes, np.round(v / v.max(), 4).tolist()))}
         return out
-
-    def _labeled_source(self):
-        if not hasattr(self, "labeled_prior_"):
-            raise RuntimeError(f"{self.where}: source 'labeled' needs the rule to be fitted on labeled rows")
-        return self.labeled_prior_
 
 
 @register
@@ -327,15 +326,14 @@ class AnnotatorOverride(Rule):
             p["trust"] = _class_list(p["trust"], self.classes, self.where, "trust")
 
     def fit(self, state, y, ctx):
+        super().fit(state, y, ctx)
         if ctx.annotator is not None and len(y) and any(v == AUTO for v in self.params.values()):
             lab, _, _ = ctx.annotator.align(state.ids, self.classes)
             if not (lab >= 0).any():
-                super().fit(state, y, ctx)
                 self.notes_.append(f"{self.where}: the annotator answers none of the {len(y)} tuning rows (in the "
                                    "classes), so 'auto' kept the thresholds that change nothing; give answers for "
                                    "labeled clips too, or numbers")
-                return self
-        return super().fit(state, y, ctx)
+        return self
 
     def _prepare(self, state, ctx):
         if ctx.annotator is None:

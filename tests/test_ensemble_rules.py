@@ -113,6 +113,20 @@ def test_prior_correction_keeps_labels_set_by_an_earlier_rule_where_top_does_not
     assert out.state.labels.tolist() == [2, 1, 2] and not out.changed.any()
 
 
+def test_prior_correction_with_labeled_shares_must_be_fitted_first():
+    classes = ["a", "b", "c"]
+    s = state(_skewed())
+    r, ctx = rule({"rule": "prior_correction", "target": "labeled"}, classes)
+    with pytest.raises(RuntimeError, match="target 'labeled' needs the rule to be fitted on labeled rows"):
+        r.apply(s, ctx)
+    r, ctx = rule({"rule": "prior_correction", "target": {"a": 1, "b": 1, "c": 1}, "method": "logit_adjust",
+                   "source": "labeled"}, classes)
+    with pytest.raises(RuntimeError, match="source 'labeled' needs the rule to be fitted on labeled rows"):
+        r.apply(s, ctx)
+    with pytest.raises(RulesError, match="'labeled' needs out-of-fold rows"):
+        r.fit(s, np.zeros(0, int), ctx)
+
+
 # -- annotator override ----------------------------------------------------------------------------
 
 def ann(answers):
