@@ -28,6 +28,9 @@ def write_run_dir(path, classes, labels: dict, oof: dict, test: dict, members: l
     expert-* names as experts, 'fused' as fused and anything else as routed."""
     import yaml
 
+    from models.metrics import scores
+    from models.run_dir import RunWriter
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if members is None:
@@ -51,17 +54,10 @@ def write_run_dir(path, classes, labels: dict, oof: dict, test: dict, members: l
     for m, (ids, probs) in oof.items():
         _write_probs(path / "oof" / f"{m}.csv", ids, probs, classes)
         y = np.array([cidx[labels[i]] for i in ids])
-        pred = np.asarray(probs).argmax(axis=1)
-        from sklearn.metrics import f1_score
-
-        rows.append([m, f1_score(y, pred, average="weighted", zero_division=0),
-                     f1_score(y, pred, average="macro", zero_division=0), float((y == pred).mean())])
+        rows.append({"member": m, **scores(y, np.asarray(probs).argmax(axis=1))})
     for m, (ids, probs) in test.items():
         _write_probs(path / "test" / f"{m}.csv", ids, probs, classes)
-    with open(path / "metrics.csv", "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["member", "weighted_f1", "macro_f1", "accuracy"])
-        w.writerows([[r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.6f}"] for r in rows])
+    RunWriter(path).metrics(rows)  # the same metrics.csv as `cli.py fit` writes
     return path
 
 
