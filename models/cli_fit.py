@@ -20,8 +20,8 @@ from models.heads import HEADS
 from models.normalize import NORMALIZERS
 from models.pseudo import meta_path, read_pseudo
 from models.run_dir import RunWriter, format_table, member_metrics, provenance, read_run, write_probs
-from models.train import (CLASS_WEIGHTS, MODELS, Problem, TrainConfig, TrainOnly, cross_validate, load_model_file,
-                          predict_saved, resolve_device)
+from models.train import (CLASS_WEIGHTS, MODELS, Problem, SharedInputs, TrainConfig, TrainOnly, cross_validate,
+                          load_model_file, predict_saved, resolve_device)
 
 
 def _warn(msg: str) -> None:
@@ -420,9 +420,10 @@ def run_predict(run_dir, cache, ids_csv=None, group_table=None, device="cpu", st
     sums, counts = {}, {}
     from tqdm.auto import tqdm
 
+    inputs = SharedInputs(feats, row_groups)
     for path in tqdm(run.model_files, desc="predict", unit="model"):
         saved = load_model_file(path)
-        probs, present = predict_saved(saved, feats, row_groups, device)
+        probs, present = predict_saved(saved, feats, row_groups, device, xs_np=inputs(saved))
         for m, p in probs.items():
             sums.setdefault(m, np.zeros((len(ids), c)))
             counts.setdefault(m, np.zeros(len(ids)))

@@ -416,17 +416,51 @@ def load_model_file(path) -> dict:
     return saved
 
 
-def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, device: str = "cpu") -> tuple[dict, dict]:
-    """Probabilities of every row of ``features`` (ordered as the saved specs) with one model file."""
-    specs = [ExpertSpec(**s) for s in saved["specs"]]
-    c = len(saved["classes"])
+def saved_inputs(saved: dict, features: list[FeatureData], row_groups=None) -> list[np.ndarray]:
+    """``features`` normalised with a model file's statistics (group mode: groups unseen at fit time
+    get statistics from the rows being predicted)."""
     norms = {}
     for fd in features:
         norm = _norm_from_torch(saved["normalizers"][fd.key])
         if saved["normalize"] == "group":
             norm = extend_groups(norm, fd, row_groups)
         norms[fd.key] = norm
-    xs_np = normalize_features(features, norms, row_groups)
+    return normalize_features(features, norms, row_groups)
+
+
+def same_statistics(a, b) -> bool:
+    """Two model files' stored normalizers hold exactly the same figures (nested dicts of tensors)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_statistics(a[k], b[k]) for k in a)
+    return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+
+
+class SharedInputs:
+    """Normalised inputs reused across the model files of one run: with ``pool``/``group``
+    statistics every fold x seed stores the same normalizers, so the features are normalised once
+    (checked figure by figure; fold-mode files, or differing figures, get their own)."""
+
+    def __init__(self, features: list[FeatureData], row_groups=None):
+        self.features, self.row_groups = features, row_groups
+        self._norms = self._xs = None
+
+    def __call__(self, saved: dict) -> list[np.ndarray]:
+        if saved["normalize"] not in FOLD_INDEPENDENT:
+            return saved_inputs(saved, self.features, self.row_groups)
+        if self._xs is None or not same_statistics(self._norms, saved["normalizers"]):
+            self._norms, self._xs = saved["normalizers"], saved_inputs(saved, self.features, self.row_groups)
+        return self._xs
+
+
+def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, device: str = "cpu",
+                  xs_np: list[np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Probabilities of every row of ``features`` (ordered as the saved specs) with one model file.
+    ``xs_np``: the features already normalised with this file's statistics (see SharedInputs); only
+    read, never written."""
+    specs = [ExpertSpec(**s) for s in saved["specs"]]
+    c = len(saved["classes"])
+    if xs_np is None:
+        xs_np = saved_inputs(saved, features, row_groups)
     boosters = {k: LGBMExpert.from_string(v, c) for k, v in saved["lgbm"].items()}
     replaced = lgbm_apply(specs, features, xs_np, boosters)
     tensors = to_tensors(features, xs_np, replaced, device)

@@ -70,3 +70,40 @@ def test_fold_independent_normalisation_runs_once_and_its_arrays_stay_untouched(
         assert len(calls) == expected, mode
         for xs, before in calls:   # training reads the normalised inputs, never writes into them
             assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(xs, before))
+
+
+def test_predict_normalises_once_per_run_when_every_model_file_holds_the_same_statistics(tmp_path, monkeypatch):
+    syn = make_synthetic_cache(tmp_path / "cache", n_labeled=30, n_unlabeled=6)
+    ids = sorted(syn.truth)
+    feats = load_features(FeatureCache(syn.cache), [syn.keys["vec"], syn.keys["lay"]], ids)
+    classes = sorted(set(syn.truth.values()))
+    pos = {c: i for i, c in enumerate(ids)}
+    lab = sorted(syn.labels)
+    row_groups = np.array([syn.speaker[i] for i in ids], dtype=object)
+    problem = train.Problem(ids, feats, classes, np.array([pos[i] for i in lab]),
+                            np.array([classes.index(syn.labels[i]) for i in lab]), np.array([], dtype=np.int64),
+                            row_groups=row_groups)
+    calls = []
+    real = train.saved_inputs
+    monkeypatch.setattr(train, "saved_inputs", lambda *a: calls.append(1) or real(*a))
+    for mode, expected in (("group", 1), ("fold", 3)):
+        saved = []
+        cfg = train.TrainConfig(folds=3, epochs=2, hidden=8, n_heads=2, batch_size=8, device="cpu", normalize=mode)
+        train.cross_validate(problem, cfg, on_fold=lambda f, s, m, c: saved.append(m), progress=False)
+        calls.clear()
+        shared = train.SharedInputs(feats, row_groups)
+        got = [train.predict_saved(m, feats, row_groups, xs_np=shared(m)) for m in saved]
+        assert len(calls) == expected, mode
+        for m, (probs, present) in zip(saved, got):        # same probabilities as normalising per file
+            want, want_present = train.predict_saved(m, feats, row_groups)
+            assert all(np.array_equal(probs[k], want[k]) and np.array_equal(present[k], want_present[k]) for k in want)
+    # a file whose figures differ is normalised with its own statistics
+    other = {k: {"base": {s: v + 1 for s, v in n["base"].items()}, "groups": n["groups"]}
+             for k, n in saved[0]["normalizers"].items()}
+    assert train.same_statistics(saved[0]["normalizers"], saved[0]["normalizers"])
+    assert not train.same_statistics(saved[0]["normalizers"], other)
+    shared = train.SharedInputs(feats, row_groups)
+    pool = dict(saved[0], normalize="pool")
+    a = shared(pool)
+    b = shared(dict(pool, normalizers=other))
+    assert not np.array_equal(a[0], b[0])
