@@ -151,22 +151,20 @@ def normalize_features(features, normalizers: dict, row_groups=None) -> list[np.
 
 def lgbm_inputs(specs, features, xs_np, train_rows, y_train, w_train, groups_train, n_classes, seed, n_jobs):
     """Fit the LGBM experts of one fold. Returns (boosters by key, per-feature replaced inputs)."""
-    boosters, replaced = {}, {}
+    boosters, crossfit = {}, {}
     for i, (spec, fd) in enumerate(zip(specs, features)):
         if spec.head != "lgbm":
             continue
         x = xs_np[i][:, 0, :]
-        tr = train_rows[fd.present[train_rows]]
         keep = fd.present[train_rows]
+        tr = train_rows[keep]
         ytr, wtr = y_train[keep], w_train[keep]
         gtr = None if groups_train is None else groups_train[keep]
-        model = LGBMExpert(n_classes, seed=seed, n_jobs=n_jobs).fit(x[tr], ytr, wtr)
-        logp = np.zeros((len(x), 1, n_classes), np.float32)
-        present = np.flatnonzero(fd.present)
-        logp[present, 0] = log_proba(model.predict_proba(x[present]))
-        logp[tr, 0] = log_proba(crossfit_proba(x[tr], ytr, wtr, gtr, n_classes, seed, n_jobs=n_jobs))
-        boosters[fd.key] = model
-        replaced[i] = logp
+        boosters[fd.key] = LGBMExpert(n_classes, seed=seed, n_jobs=n_jobs).fit(x[tr], ytr, wtr)
+        crossfit[i] = (tr, log_proba(crossfit_proba(x[tr], ytr, wtr, gtr, n_classes, seed, n_jobs=n_jobs)))
+    replaced = lgbm_apply(specs, features, xs_np, boosters)   # every present row: the fold's booster
+    for i, (tr, logp) in crossfit.items():                    # its own training rows: cross-fitted
+        replaced[i][tr, 0] = logp
     return boosters, replaced
 
 

@@ -107,3 +107,30 @@ def test_predict_normalises_once_per_run_when_every_model_file_holds_the_same_st
     a = shared(pool)
     b = shared(dict(pool, normalizers=other))
     assert not np.array_equal(a[0], b[0])
+
+
+def test_lgbm_inputs_cross_fit_the_training_rows_and_apply_the_booster_elsewhere(tmp_path):
+    from models.lgbm import crossfit_proba, log_proba
+    from models.normalize import fit_pool
+
+    syn = make_synthetic_cache(tmp_path / "cache", n_labeled=40, n_unlabeled=10)
+    ids = sorted(syn.truth)
+    feats = load_features(FeatureCache(syn.cache), [syn.keys["vec"], syn.keys["lay"]], ids)
+    classes = sorted(set(syn.truth.values()))
+    y_all = np.array([classes.index(syn.truth[i]) for i in ids])
+    specs = train.expert_specs(feats, "lgbm", len(classes))
+    assert [s.head for s in specs] == ["lgbm", "mlp"]
+    xs = train.normalize_features(feats, {fd.key: fit_pool(fd) for fd in feats})
+    train_rows = np.arange(30)
+    boosters, replaced = train.lgbm_inputs(specs, feats, xs, train_rows, y_all[train_rows], np.ones(30), None,
+                                           len(classes), 7, 1)
+    assert set(replaced) == {0} and set(boosters) == {syn.keys["vec"]}
+    applied = train.lgbm_apply(specs, feats, xs, boosters)[0]
+    fd = feats[0]
+    tr = train_rows[fd.present[train_rows]]
+    rest = np.setdiff1d(np.arange(len(ids)), tr)
+    assert np.array_equal(replaced[0][rest], applied[rest])            # held-out, unlabeled, absent (zeros)
+    assert not fd.present.all() and not replaced[0][~fd.present].any()
+    want = log_proba(crossfit_proba(xs[0][tr, 0], y_all[tr], np.ones(len(tr)), None, len(classes), 7))
+    assert np.array_equal(replaced[0][tr, 0], want)                     # training rows: cross-fitted
+    assert not np.array_equal(replaced[0][tr], applied[tr])
