@@ -95,16 +95,20 @@ def fit_pool(fd: FeatureData, train_rows=None, **_) -> FeatureNormalizer:
     return FeatureNormalizer(fit_stats(fd, np.arange(len(fd.present))))
 
 
+def _fit_groups(fd: FeatureData, row_groups, skip=()) -> dict[str, Stats]:
+    """Statistics of every named group (not in ``skip``) with at least MIN_GROUP present clips."""
+    keys = np.asarray(row_groups, dtype=object)
+    groups: dict[str, Stats] = {}
+    for g in sorted({g for g in keys if g and g not in skip}):
+        rows = np.flatnonzero((keys == g) & fd.present)
+        if len(rows) >= MIN_GROUP:
+            groups[g] = fit_stats(fd, rows)
+    return groups
+
+
 def fit_group(fd: FeatureData, train_rows=None, row_groups=None, **_) -> FeatureNormalizer:
     base = fit_stats(fd, np.arange(len(fd.present)))
-    groups: dict[str, Stats] = {}
-    if row_groups is not None:
-        keys = np.asarray(row_groups, dtype=object)
-        for g in sorted({g for g in keys if g}):
-            rows = np.flatnonzero((keys == g) & fd.present)
-            if len(rows) >= MIN_GROUP:
-                groups[g] = fit_stats(fd, rows)
-    return FeatureNormalizer(base, groups)
+    return FeatureNormalizer(base, {} if row_groups is None else _fit_groups(fd, row_groups))
 
 
 NORMALIZERS = {"fold": fit_fold, "pool": fit_pool, "group": fit_group}
@@ -116,10 +120,4 @@ def extend_groups(norm: FeatureNormalizer, fd: FeatureData, row_groups) -> Featu
     """At predict time: groups unseen at fit time get statistics from the clips being predicted."""
     if row_groups is None:
         return norm
-    keys = np.asarray(row_groups, dtype=object)
-    extra = dict(norm.groups)
-    for g in sorted({g for g in keys if g and g not in norm.groups}):
-        rows = np.flatnonzero((keys == g) & fd.present)
-        if len(rows) >= MIN_GROUP:
-            extra[g] = fit_stats(fd, rows)
-    return FeatureNormalizer(norm.base, extra)
+    return FeatureNormalizer(norm.base, {**norm.groups, **_fit_groups(fd, row_groups, skip=norm.groups)})

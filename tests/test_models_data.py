@@ -109,3 +109,24 @@ def test_layer_statistics_are_per_layer():
     fd = FeatureData("k", "layers", x, np.ones((4, 2), bool), np.ones(4, bool))
     st = fit_pool(fd).base
     assert st.mean.shape == (2, 1) and st.mean[1, 0] == pytest.approx(100 * st.mean[0, 0])
+
+
+def test_extend_groups_adds_unseen_groups_and_keeps_fitted_ones():
+    from models.normalize import extend_groups
+
+    n = MIN_GROUP
+    fit_vals = [[10.0 + i] for i in range(n)] + [[0.0]]
+    fit_groups = np.array(["s1"] * n + [""], dtype=object)
+    norm = fit_group(_vector_fd(fit_vals), row_groups=fit_groups)
+    assert sorted(norm.groups) == ["s1"]
+    # at predict time: s1 again (other figures: its fitted statistics stay), a new s3, a too-small s4
+    vals = [[-5.0 - i] for i in range(n)] + [[50.0 + i] for i in range(n)] + [[1.0]]
+    groups = np.array(["s1"] * n + ["s3"] * n + ["s4"], dtype=object)
+    fd = _vector_fd(vals)
+    ext = extend_groups(norm, fd, groups)
+    assert list(ext.groups) == ["s1", "s3"] and ext.base is norm.base
+    assert ext.groups["s1"] is norm.groups["s1"]
+    assert ext.groups["s3"].mean.ravel().tolist() == [pytest.approx(52.0)]
+    assert extend_groups(norm, fd, None) is norm
+    absent = _vector_fd(vals, present=[True] * n + [False] * n + [True])
+    assert list(extend_groups(norm, absent, groups).groups) == ["s1"]   # s3 has no present clip
