@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.heads import pool_tokens
 from models.router import ExpertSpec, Output
 
 
@@ -25,11 +26,6 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-
-def pool_tokens(x, tok_mask):
-    m = tok_mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 class AttentionBaseline(nn.Module):

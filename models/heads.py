@@ -37,6 +37,12 @@ class Classifier(nn.Module):
         return self.net(h)
 
 
+def pool_tokens(x, tok_mask):
+    """Mean of x (B, T, h) over the real tokens of each row (tok_mask (B, T)) -> (B, h)."""
+    m = tok_mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 class TokenExpert(nn.Module):
     """One expert over the tokens of one feature.
 
@@ -66,18 +72,12 @@ class TokenExpert(nn.Module):
     def encode(self, x, tok_mask):
         """x (B, T, D), tok_mask (B, T) True on real tokens -> hidden (B, h). Rows must be present."""
         z = self.proj(x)
-        if self.use_cls:
+        if self.use_cls:   # series: CLS first, its output is the hidden; masked frames get no attention
             z = torch.cat([self.cls.expand(z.shape[0], -1, -1), z], dim=1)
             tok_mask = torch.cat([torch.ones_like(tok_mask[:, :1]), tok_mask], dim=1)
-        z = z + self.pos[:, : z.shape[1]]
-        if self.use_cls:   # frames can be masked; layers / a vector token never are (rows are present)
-            z = self.encoder(z, src_key_padding_mask=~tok_mask)
-        else:
-            z = self.encoder(z)
-        if self.use_cls:
-            return z[:, 0]
-        m = tok_mask.unsqueeze(-1).to(z.dtype)
-        return (z * m).sum(1) / m.sum(1).clamp_min(1.0)
+            return self.encoder(z + self.pos[:, : z.shape[1]], src_key_padding_mask=~tok_mask)[:, 0]
+        # layers / a vector token are never masked (rows are present): mean of the outputs
+        return pool_tokens(self.encoder(z + self.pos[:, : z.shape[1]]), tok_mask)
 
     def forward(self, x, tok_mask):
         h = self.encode(x, tok_mask)

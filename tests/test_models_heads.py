@@ -148,3 +148,28 @@ def test_loss_is_routed_ce_plus_mean_ce_of_present_experts():
             exp = sum(ce(out.logits[m][i:i + 1], y[i:i + 1]) for m in members) / len(members)
             per.append(ce(out.logits["routed"][i:i + 1], y[i:i + 1]) + exp)
     torch.testing.assert_close(got, torch.stack(per).mean())
+
+
+def test_token_expert_hidden_is_cls_output_for_series_and_token_mean_otherwise():
+    from models.heads import TokenExpert, pool_tokens
+
+    xs, masks, _ = make_inputs()
+    torch.manual_seed(0)
+    for spec, x, m in zip(SPECS, xs, masks):
+        expert = TokenExpert(spec.kind, spec.dim, spec.n_tokens, C, hidden=16, n_heads=2).eval()
+        with torch.no_grad():
+            got = expert.encode(x, m)
+            z = expert.proj(x)
+            if spec.kind == "series":   # the CLS token's output, frames masked out of attention
+                z = torch.cat([expert.cls.expand(len(x), -1, -1), z], dim=1)
+                mm = torch.cat([torch.ones_like(m[:, :1]), m], dim=1)
+                want = expert.encoder(z + expert.pos[:, : z.shape[1]], src_key_padding_mask=~mm)[:, 0]
+            else:
+                out = expert.encoder(z + expert.pos[:, : z.shape[1]])
+                want = out.mean(1)      # every token is real: the plain mean
+                assert torch.equal(pool_tokens(out, m), (out * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True))
+        assert got.shape == (len(x), 16)
+        assert torch.allclose(got, want, atol=1e-6), spec.kind
+    half = torch.tensor([[True, False]])
+    assert pool_tokens(torch.tensor([[[2.0], [100.0]]]), half).tolist() == [[2.0]]
+    assert pool_tokens(torch.zeros(1, 2, 1), torch.zeros(1, 2, dtype=torch.bool)).tolist() == [[0.0]]  # no token
