@@ -65,15 +65,32 @@ def _row_groups(ids, labels, group_table, groups_col, strict, note) -> np.ndarra
     if not table:
         raise InputError("--normalize group needs a group per clip: pass --group-table CSV (name,group) covering "
                          "the clips to predict too, and/or --groups COLUMN of the labels")
+    return _groups_of(ids, table, strict, note, lambda uncovered: (
+        f"--normalize group: {len(uncovered)} of {len(ids)} ids have no group (first: {first_few(uncovered)}); "
+        "they get pool statistics"
+        + ("" if group_table else "; pass --group-table CSV (name,group) that covers the clips to predict")))
+
+
+def _groups_of(ids, table: dict, strict: bool, warn, message) -> np.ndarray:
+    """The group of every id ('' = none: pool statistics). Ids without one are reported with
+    ``message(uncovered ids)``: a warning, or an InputError with --strict."""
     uncovered = [i for i in ids if i not in table]
     if uncovered:
-        msg = (f"--normalize group: {len(uncovered)} of {len(ids)} ids have no group "
-               f"(first: {first_few(uncovered)}); they get pool statistics"
-               + ("" if group_table else "; pass --group-table CSV (name,group) that covers the clips to predict"))
+        msg = message(uncovered)
         if strict:
             raise InputError(msg)
-        note(msg)
+        warn(msg)
     return np.array([table.get(i, "") for i in ids], dtype=object)
+
+
+def _drop_featureless(ids: list[str], feats: list) -> tuple[list[str], list, list[str]]:
+    """Leave out the ids with no usable value in any feature -> (ids, features, the ids left out)."""
+    any_present = np.any([fd.present for fd in feats], axis=0)
+    if any_present.all():
+        return ids, feats, []
+    rows = np.flatnonzero(any_present)
+    dead = [ids[i] for i in np.flatnonzero(~any_present)]
+    return [ids[i] for i in rows], [fd.take(rows) for fd in feats], dead
 
 
 def run_fit(cache: str, labels: str, features: str, out: str, classes: str | None = None, groups: str | None = None,
@@ -136,14 +153,9 @@ def run_fit(cache: str, labels: str, features: str, out: str, classes: str | Non
                  f"(first: {first_few(no_feat)}); they are skipped")
     test_ids = sorted(usable - lab.all_names)
     ids = sorted(set(keep_lab) | set(test_ids))
-    feats = load_features(fc, keys, ids, max_frames=max_frames)
-    any_present = np.any([fd.present for fd in feats], axis=0)
-    if not any_present.all():
-        dead = [ids[i] for i in np.flatnonzero(~any_present)]
+    ids, feats, dead = _drop_featureless(ids, load_features(fc, keys, ids, max_frames=max_frames))
+    if dead:
         note(f"{len(dead)} ids have no usable value in any selected feature (first: {first_few(dead)}); skipped")
-        rows = np.flatnonzero(any_present)
-        ids = [ids[i] for i in rows]
-        feats = [fd.take(rows) for fd in feats]
     for fd in feats:
         if fd.meta.get("n_nonfinite_dropped"):
             note(f"feature {fd.key}: {fd.meta['n_nonfinite_dropped']} clips hold NaN/inf values; treated as missing")
@@ -398,24 +410,15 @@ def run_predict(run_dir, cache, ids_csv=None, group_table=None, device="cpu", st
     if not ids:
         raise InputError(f"no id to predict: none of the requested ids has a feature in cache {cache}")
     feats = load_features(fc, keys, ids, max_frames=run.config.get("max_frames", 64))
-    any_present = np.any([fd.present for fd in feats], axis=0)
-    if not any_present.all():
-        rows = np.flatnonzero(any_present)
-        dead = [ids[i] for i in np.flatnonzero(~any_present)]
+    ids, feats, dead = _drop_featureless(ids, feats)
+    if dead:
         warn(f"{len(dead)} ids have no usable value in any feature of the run (first: {first_few(dead)}); no prediction")
-        ids = [ids[i] for i in rows]
-        feats = [fd.take(rows) for fd in feats]
     row_groups = None
     if run.config.get("normalize") == "group":
         table = read_group_table(group_table) if group_table else {}
-        uncovered = [i for i in ids if i not in table]
-        if uncovered:
-            msg = (f"this run normalises per group: {len(uncovered)} ids have no group (first: {first_few(uncovered)}); "
-                   "they get pool statistics; pass --group-table CSV (name,group)")
-            if strict:
-                raise InputError(msg)
-            warn(msg)
-        row_groups = np.array([table.get(i, "") for i in ids], dtype=object)
+        row_groups = _groups_of(ids, table, strict, warn, lambda uncovered: (
+            f"this run normalises per group: {len(uncovered)} ids have no group (first: {first_few(uncovered)}); "
+            "they get pool statistics; pass --group-table CSV (name,group)"))
     c = len(run.classes)
     sums, counts = {}, {}
     from tqdm.auto import tqdm

@@ -122,3 +122,34 @@ def test_predict_bad_run_dir_and_missing_features(syn, tmp_path):
     put(other, "vec", "vector", {"a": Feature(data=np.ones(3))}, meta={"config": {"changed": 1}})
     res = CliRunner().invoke(predict, [str(tmp_path / "run"), "--cache", str(other), "--out", str(tmp_path / "p.csv")])
     assert res.exit_code != 0 and "lacks the feature sets this run was trained on" in res.output
+
+
+def test_ids_without_any_usable_value_and_predict_without_groups(tmp_path):
+    root = tmp_path / "cache"
+    rng = np.random.default_rng(0)
+    vals = {f"c{i}": Feature(data=rng.normal(size=4) + (i % 2) * 3) for i in range(20)}
+    vals["nan0"] = Feature(data=np.full(4, np.nan))            # cached, but no finite value
+    put(root, "v", "vector", vals)
+    labels = tmp_path / "l.csv"
+    labels.write_text("name,discrete,spk\n" + "".join(f"c{i},{'ab'[i % 2]},s{i % 4}\n" for i in range(20))
+                      + "nan0,a,s0\n")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(fit, ["--cache", str(root), "--labels", str(labels), "--features", "v", "--out", str(run),
+                                   "--normalize", "group", "--groups", "spk", *QUICK])
+    assert res.exit_code == 0, res.output
+    assert "1 ids have no usable value in any selected feature (first: nan0); skipped" in res.output
+    assert "20 labeled clips" in res.output
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(predict, [str(run), "--cache", str(root), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "1 ids have no usable value in any feature of the run (first: nan0); no prediction" in res.output
+    assert ("this run normalises per group: 20 ids have no group (first: c0, c1, c10, c11, c12, ... (15 more)); "
+            "they get pool statistics; pass --group-table CSV (name,group)") in res.output
+    assert "20 clips predicted" in res.output
+    table = tmp_path / "g.csv"
+    table.write_text("name,group\n" + "".join(f"c{i},s{i % 4}\n" for i in range(19)))
+    res = CliRunner().invoke(predict, [str(run), "--cache", str(root), "--out", str(out), "--group-table", str(table)])
+    assert res.exit_code == 0 and "1 ids have no group (first: c19)" in res.output
+    res = CliRunner().invoke(predict, [str(run), "--cache", str(root), "--out", str(out), "--group-table", str(table),
+                                       "--strict"])
+    assert res.exit_code != 0 and "1 ids have no group (first: c19)" in res.output
