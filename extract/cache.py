@@ -7,7 +7,7 @@ Layout of a cache directory::
       <key>/                             one feature set; key = "<extractor>-<10 hex of config hash>"
         meta.json                        provenance: extractor, version, full config, hash, model
                                          id + revision/checksum, library versions, created, kind, dims
-        part-<time>-<pid>-<seq>.h5       immutable shards: extracted clips and recorded failures
+        part-<time>-<pid>-<tag>.h5       immutable shards: extracted clips and recorded failures
 
 Why shards (crash safety). An HDF5 file that is being modified when its process is killed can be
 left unreadable as a whole: its B-trees and free-space metadata are updated in place. So nothing
@@ -435,14 +435,26 @@ class ShardWriter:
     def flush(self) -> Path | None:
         if not self.items and not self.fails:
             return None
-        name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{self.seq:05d}.h5"
+        path = write_shard(new_shard_path(self.fs, f"{self.seq:05d}"), self.kind, self.items, self.fails,
+                           self.run_attrs)
         self.seq += 1
-        path = write_shard(self.fs.path / name, self.kind, self.items, self.fails, self.run_attrs)
         if self.items and self.kind != "record":
             self.dims = tuple(np.shape(self.items[0][1].data))
         self.items, self.fails = [], []
         self.fs.refresh()
         return path
+
+
+def new_shard_path(fs: "FeatureSet", tag: str) -> Path:
+    """A shard name not yet used in ``fs`` that sorts in creation order: local time to the
+    nanosecond, pid, tag. (Names made to the second collided when one process wrote twice within
+    a second, e.g. two runs or two compactions, and the rename replaced the earlier shard.)"""
+    while True:
+        ns = time.time_ns()
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(ns // 1_000_000_000)) + f"{ns % 1_000_000_000:09d}"
+        path = fs.path / f"part-{stamp}-{os.getpid()}-{tag}.h5"
+        if not path.exists():
+            return path
 
 
 def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) -> Path:
@@ -531,8 +543,7 @@ def compact(fs: FeatureSet, min_shards: int = 8) -> int:
             pooled = fs.read(ids, pooled=True).data
             for i, (_, feat) in enumerate(items):
                 feat.pooled = pooled[i]
-    name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-compact.h5"
-    write_shard(fs.path / name, kind, items, sorted(fails.items()), {"compacted_from": len(small)})
+    write_shard(new_shard_path(fs, "compact"), kind, items, sorted(fails.items()), {"compacted_from": len(small)})
     for s in small:
         s.unlink(missing_ok=True)
     _fsync_dir(fs.path)
@@ -560,6 +571,5 @@ def put(cache_root: str | os.PathLike, name: str, kind: str, values: dict[str, F
         meta["dims"] = list(np.shape(first.data))
     cache = FeatureCache(cache_root)
     fs = cache.create(key, meta)
-    name_ = f"part-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-put{len(fs.shards()):05d}.h5"
-    write_shard(fs.path / name_, kind, list(values.items()), sorted((failures or {}).items()))
+    write_shard(new_shard_path(fs, "put"), kind, list(values.items()), sorted((failures or {}).items()))
     return key
