@@ -5,7 +5,6 @@ Run as ``python cli.py COMMAND --help`` from a checkout, or ``moe-emotion COMMAN
 from __future__ import annotations
 
 import importlib
-from collections.abc import MutableMapping
 
 import click
 
@@ -29,44 +28,21 @@ def load_command(target: str) -> click.Command:
     return getattr(importlib.import_module(module), attr)
 
 
-class LazyCommands(MutableMapping):
-    """name -> command, where a command given as "module:attribute" is imported on first access.
-    Names (``in``, iteration, ``len``) never import anything."""
-
-    def __init__(self, targets: dict[str, str]):
-        self._targets = dict(targets)
-        self._loaded: dict[str, click.Command] = {}
-
-    def __getitem__(self, name: str) -> click.Command:
-        if name not in self._loaded:
-            self._loaded[name] = load_command(self._targets[name])  # KeyError for an unknown name
-        return self._loaded[name]
-
-    def __setitem__(self, name: str, command: click.Command) -> None:
-        self._targets[name] = ""
-        self._loaded[name] = command
-
-    def __delitem__(self, name: str) -> None:
-        del self._targets[name]
-        self._loaded.pop(name, None)
-
-    def __contains__(self, name) -> bool:
-        return name in self._targets
-
-    def __iter__(self):
-        return iter(self._targets)
-
-    def __len__(self) -> int:
-        return len(self._targets)
-
-
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported when used (``lazy``: name -> "module:attribute").
-    ``get_command``/``list_commands`` work through :class:`LazyCommands`: the names are listed as
-    before (sorted), and only the command being run (or, for ``--help``, listed) is imported."""
+    """A click group whose subcommands (``lazy``: name -> "module:attribute") are imported only
+    when used; listing their names imports nothing (click's documented lazy-loading pattern)."""
 
     def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
-        super().__init__(*args, commands=LazyCommands(lazy or {}), **kwargs)
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            return load_command(self.lazy[name])
+        return super().get_command(ctx, name)
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"],

@@ -3,22 +3,12 @@ import csv
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
+import cli
 from extract.cache import Feature, put
 
-fit_module = pytest.importorskip("models.cli_fit", reason="`cli.py fit` (models/cli_fit.py) is not available yet")
-
 CLASSES = ["neutral", "happy", "sad"]
-
-
-def _fit_command():
-    import cli
-
-    if "fit" in cli.main.commands:
-        return cli.main, ["fit"]
-    return fit_module.fit, []
 
 
 def make_cache(root, n_labeled=60, n_unlabeled=30, seed=0):
@@ -63,12 +53,11 @@ def test_fit_then_ensemble_then_evaluate(tmp_path):
         "  - rule: class_priority\n    when_top: [sad]\n    prefer: [neutral]\n    margin: 0.05\n"
         "  - rule: annotator_override\n    margin: auto\n    confidence: auto\n")
 
-    cmd, prefix = _fit_command()
     runner = CliRunner()
     runs = []
     for seed in (0, 1):
         out = tmp_path / f"run{seed}"
-        res = runner.invoke(cmd, prefix + ["--cache", str(tmp_path / "cache"), "--labels", str(tmp_path / "labels.csv"),
+        res = runner.invoke(cli.main, ["fit", "--cache", str(tmp_path / "cache"), "--labels", str(tmp_path / "labels.csv"),
                                            "--features", "clear,faint", "--out", str(out), "--folds", "3",
                                            "--seeds", str(seed), "--epochs", "4", "--hidden", "16", "--heads", "2",
                                            "--device", "cpu", "--quiet"])
