@@ -84,7 +84,7 @@ def build_speed_case(root: Path, n_rows: int, n_members: int, n_labeled: int, se
 def bench_speed(args) -> None:
     from click.testing import CliRunner
 
-    from ensemble.annotator import load_annotator
+    from extract.annotator import load_annotator
     from ensemble.cli_ensemble import ensemble
     from ensemble.members import load_members
     from ensemble.pipeline import EnsemblePipeline
@@ -138,7 +138,7 @@ def bench_emo_av(args) -> None:
               "    python cli.py fit --cache CACHE --labels LABELED.csv --features ... --groups speaker "
               "--out runs/emo-av\n    then: python bench/bench_ensemble.py --skip-speed --runs runs/emo-av")
         return
-    from ensemble.annotator import load_annotator
+    from extract.annotator import load_annotator
     from ensemble.members import load_members
     from ensemble.pipeline import EnsemblePipeline, tuning_folds, cross_fit
     from ensemble.reranking import load_rules, parse_rules

@@ -10,7 +10,7 @@ import numpy as np
 from extract.registry import toolkit_version
 from extract.tables import read_rows
 
-from .annotator import AnnotatorError, load_annotator
+from extract.annotator import AnnotatorError, load_annotator
 from .members import RunDirError, check_same_classes, load_members, peek_classes, read_labels_csv
 from .pipeline import EnsemblePipeline
 from .predictions import PredictionsError, read_meta, read_predictions, sidecar_paths, write_predictions

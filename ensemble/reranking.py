@@ -86,7 +86,7 @@ class State:
 @dataclass
 class Context:
     classes: list[str]
-    annotator: object | None = None  # ensemble.annotator.Annotator
+    annotator: object | None = None  # extract.annotator.Annotator
 
 
 @dataclass

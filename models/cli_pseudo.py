@@ -22,7 +22,7 @@ def run_pseudo_label(run_dir, cache, annotator_path, out, ids_csv=None, min_conf
                      min_annotator_confidence=0.0, group_table=None, device="cpu", member=None, warn=None):
     """Predict the candidates with the stage-1 run, keep the clips where it agrees with the annotator.
     Returns the Selection (counts in ``.counts``)."""
-    from ensemble.annotator import AnnotatorError, load_annotator
+    from extract.annotator import AnnotatorError, load_annotator
     from models.cli_fit import run_predict
 
     warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))

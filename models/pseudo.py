@@ -72,7 +72,7 @@ class Selection:
 
 def select(ids: list[str], probs: np.ndarray, classes: list[str], annotator, min_confidence: float = 0.0,
            class_thresholds: dict[str, float] | None = None, min_annotator_confidence: float = 0.0) -> Selection:
-    """Agreement filter. ``annotator`` is an ensemble.annotator.Annotator (answers by id)."""
+    """Agreement filter. ``annotator`` is an extract.annotator.Annotator (answers by id)."""
     probs = np.asarray(probs, dtype=np.float64)
     valid = np.isfinite(probs).all(axis=1)
     pred = np.where(valid, np.nan_to_num(probs).argmax(axis=1), -1)

@@ -1,7 +1,7 @@
 """EnsemblePipeline: what fit leaves behind equals what run gives on the same rows."""
 import numpy as np
 
-from ensemble.annotator import Annotator, Answer
+from extract.annotator import Annotator, Answer
 from ensemble.members import load_members
 from ensemble.pipeline import EnsemblePipeline
 from ensemble.reranking import parse_rules

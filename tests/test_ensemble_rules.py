@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ensemble.annotator import Annotator, Answer, load_annotator
+from extract.annotator import Annotator, Answer, load_annotator
 from ensemble.reranking import (RULES, Context, RulesError, State, load_rules, parse_rules, sample_rules)
 
 MER = ["neutral", "angry", "happy", "sad", "worried", "surprise"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.annotator import Annotator, Answer
+from extract.annotator import Annotator, Answer
 from models.pseudo import PseudoError, parse_class_thresholds, read_pseudo, select, write_pseudo
 
 CLASSES = ["angry", "happy", "sad"]

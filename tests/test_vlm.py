@@ -393,7 +393,7 @@ def test_rerun_makes_no_calls_and_export_annotator(gemini, tmp_path):
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["name"], x["label"]) for x in lines] == [("k0", "happy"), ("k1", "sad")]
     assert lines[1]["scores"]["worried"] == 0.3
-    from ensemble.annotator import load_annotator
+    from extract.annotator import load_annotator
 
     ann = load_annotator(out)
     assert ann.answers["k1"].label == "sad" and 0.6 < ann.answers["k1"].confidence < 0.7
