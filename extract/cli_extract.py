@@ -7,11 +7,11 @@ from collections import Counter
 
 import click
 
-from . import media
+from .api import DEFAULT_CACHE, DEVICES, ExtractConfig
 from .cache import CacheError, FeatureCache, FeatureSet
 from .defaults import DEFAULT_FEATURES
-from .registry import SpecError, build, describe, load_all, split_specs
-from .runner import UsageError, load_transcripts, run_extract
+from .registry import SpecError, describe, load_all
+from .runner import UsageError
 
 FEATURES_HELP = f"""Feature SPECs, comma-separated. A SPEC is NAME or NAME:key=value[,key=value...];
 a token with '=' before any ':' continues the previous SPEC's options. Examples:
@@ -20,63 +20,56 @@ a token with '=' before any ':' continues the previous SPEC's options. Examples:
 extractors and options. Default: the offline set '{DEFAULT_FEATURES}'."""
 
 
+_D = ExtractConfig()  # the defaults of every option below
+
+
 @click.command("extract")
 @click.argument("video_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--cache", "cache_dir", default="cache", show_default=True, help="Cache folder (HDF5 shards).")
-@click.option("--features", "features", multiple=True, help=FEATURES_HELP)
-@click.option("--transcripts", type=click.Path(dir_okay=False), default=None,
+@click.option("--cache", "cache_dir", default=DEFAULT_CACHE, show_default=True, help="Cache folder (HDF5 shards).")
+@click.option("--features", "features", multiple=True, default=_D.features, show_default=False, help=FEATURES_HELP)
+@click.option("--transcripts", type=click.Path(dir_okay=False), default=_D.transcripts,
               help="CSV with name,text (or MER's name,chinese,english with --text-column).")
-@click.option("--text-column", default=None, help="Transcript column to use (default: 'text').")
-@click.option("--fps", type=float, default=media.DecodeConfig.fps, show_default=True,
-              help="Frames sampled per second of video.")
-@click.option("--max-frames", type=int, default=media.DecodeConfig.max_frames, show_default=True,
-              help="Frame cap per clip; longer clips get this many frames spread evenly.")
-@click.option("--max-side", type=int, default=media.DecodeConfig.max_side, show_default=True,
-              help="Downscale frames so their longer side is at most this (pixels).")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel worker processes (joblib).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch and BLAS threads per worker. Values are identical across --jobs for a given --threads.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--text-column", default=_D.text_column, help="Transcript column to use (default: 'text').")
+@click.option("--fps", type=float, default=_D.fps, show_default=True, help="Frames sampled per second of video (> 0).")
+@click.option("--max-frames", type=int, default=_D.max_frames, show_default=True,
+              help="Frame cap per clip (>= 1); longer clips get this many frames spread evenly.")
+@click.option("--max-side", type=int, default=_D.max_side, show_default=True,
+              help="Downscale frames so their longer side is at most this (pixels, >= 1).")
+@click.option("--jobs", type=int, default=_D.jobs, show_default=True, help="Parallel worker processes (joblib, >= 1).")
+@click.option("--threads", type=int, default=_D.threads, show_default=True,
+              help="torch and BLAS threads per worker (>= 1). Values are identical across --jobs for a given --threads.")
+@click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="Device for neural extractors (auto: cuda when present).")
-@click.option("--strict", is_flag=True, help="Exit with status 1 when any clip failed.")
-@click.option("--retry-failed", is_flag=True, help="Try again the clips recorded as failed.")
-@click.option("--flush-every", type=int, default=32, show_default=True,
-              help="Write a shard after this many results (also every 10 s); bounds the loss on a kill.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
-def extract_cmd(video_dir, cache_dir, features, transcripts, text_column, fps, max_frames, max_side, jobs,
-                threads, device, strict, retry_failed, flush_every, progress):
+@click.option("--strict", is_flag=True, default=_D.strict, help="Exit with status 1 when any clip failed.")
+@click.option("--retry-failed", is_flag=True, default=_D.retry_failed, help="Try again the clips recorded as failed.")
+@click.option("--flush-every", type=int, default=_D.flush_every, show_default=True,
+              help="Write a shard after this many clips (also every 10 s; >= 1); bounds the loss on a kill.")
+@click.option("--progress/--no-progress", default=_D.progress, show_default=True, help="Show the progress bar.")
+def extract_cmd(video_dir, cache_dir, **options):
     """Decode every media file under VIDEO_DIR once and cache the requested features.
 
     Re-running is cheap: cached clips are skipped without decoding; a new SPEC computes only that
     feature set; a killed run resumes where it stopped.
     """
-    load_all()
-    decode = media.DecodeConfig(fps=fps, max_frames=max_frames, max_side=max_side)
-    dev = device  # "auto" is resolved where a model loads, so signal-only runs never import torch
+    from .api import extract
+
     try:
-        specs = [s for value in (features or (DEFAULT_FEATURES,)) for s in split_specs(value)]
-        extractors = [build(s, decode=decode, device=dev) for s in specs]
-        texts = load_transcripts(transcripts, text_column) if transcripts else {}
-        summary = run_extract(video_dir, extractors, cache_dir, decode, texts, transcripts, jobs=jobs,
-                              threads=threads, retry_failed=retry_failed, flush_every=flush_every, progress=progress)
+        summary = extract(video_dir, cache_dir, ExtractConfig(**options))
     except (SpecError, UsageError) as exc:
         raise click.UsageError(str(exc)) from None
     except CacheError as exc:
         raise click.ClickException(str(exc)) from None
-    _print_summary(summary, extractors)
-    if summary.interrupted:
-        sys.exit(130)
-    # 0 when anything succeeded (or was already cached); 1 when every attempted clip failed or --strict
-    if (strict and summary.failures) or (summary.failures and not summary.any_success and not summary.skipped):
-        sys.exit(1)
+    _print_summary(summary)
+    code = summary.exit_code(options["strict"])
+    if code:
+        sys.exit(code)
 
 
-def _print_summary(s, extractors) -> None:
-    names = {ex.key: ex.name for ex in extractors}
+def _print_summary(s) -> None:
     click.echo(f"\n{s.clips} clips in {s.seconds:.1f} s: {s.skipped} already cached, {s.decoded} decoded"
                + (" (interrupted: re-run to resume)" if s.interrupted else ""))
     for key in s.keys:
-        click.echo(f"  {key:<28} {names.get(key, ''):<10} done {s.done[key]:>6}  failed {s.failed[key]:>5}")
+        click.echo(f"  {key:<28} {key.rsplit('-', 1)[0]:<10} done {s.done[key]:>6}  failed {s.failed[key]:>5}")
     if s.failures:
         click.echo(f"{len(s.failures)} failures (id, feature set, reason):")
         for cid, key, reason in s.failures[:20]:

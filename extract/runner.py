@@ -6,6 +6,7 @@ cache (see extract/cache.py for why that survives SIGKILL). Results come back in
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -17,6 +18,8 @@ from . import media
 from .cache import Feature, FeatureCache, FeatureSet, ShardWriter, compact
 from .registry import ExtractionError, Extractor
 from .tables import read_rows
+
+log = logging.getLogger("moe.extract")
 
 # Workers keep their loaded extractors here, keyed by feature key: models load once per process.
 _LOADED: dict[str, Extractor] = {}
@@ -38,6 +41,10 @@ class Task:
 
 @dataclass
 class Summary:
+    """What one extract run did. ``cache`` is the cache folder, ``keys`` the feature sets of the run
+    (in the requested order); ``done``/``failed`` count clips per key in this run (cached clips are
+    in ``skipped``); ``failures`` lists (clip id, key, reason) recorded in this run."""
+
     clips: int = 0
     decoded: int = 0
     skipped: int = 0  # clips with nothing left to do (all cached)
@@ -45,7 +52,8 @@ class Summary:
     failed: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (id, key, reason)
     seconds: float = 0.0
-    cache: str = ""
+    cache: Path = Path()
+    video_dir: Path = Path()
     keys: list[str] = field(default_factory=list)
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
@@ -54,6 +62,15 @@ class Summary:
     @property
     def any_success(self) -> bool:
         return sum(self.done.values()) > 0
+
+    def exit_code(self, strict: bool = False) -> int:
+        """The CLI's exit status: 130 when interrupted; 1 when every attempted clip failed, or with
+        ``strict`` when any did; else 0 (anything succeeded or was already cached)."""
+        if self.interrupted:
+            return 130
+        if self.failures and (strict or (not self.any_success and not self.skipped)):
+            return 1
+        return 0
 
 
 def load_transcripts(path: str | os.PathLike, text_column: str | None = None) -> dict[str, str]:
@@ -235,7 +252,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     if len(set(keys)) != len(keys):
         raise UsageError("the same feature set is requested twice")
     start = time.perf_counter()
-    summary = Summary(cache=str(cache_dir), keys=keys)
+    summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys)
     files, collisions = media.discover(video_dir)
     summary.clips = len(files) + len(collisions)
     transcripts = transcripts or {}
@@ -258,7 +275,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                                       f"csv:{Path(transcripts_source).name}" if transcripts_source else "csv")
         used = {transcript_for(cid, transcripts) is not None for cid in files}
         if transcripts and True not in used:
-            summary.notes.append("no transcript row matched a clip id (names must be clip ids or file stems)")
+            _note(summary, "no transcript row matched a clip id (names must be clip ids or file stems)")
         last_flush = time.monotonic()
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         try:
@@ -294,6 +311,12 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     close_loaded()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _note(summary: Summary, text: str) -> None:
+    """A note for the user: kept in the summary (the CLI prints it) and logged."""
+    summary.notes.append(text)
+    log.info("note: %s", text)
 
 
 def close_loaded() -> None:

@@ -1,0 +1,106 @@
+"""The extract stage as a Python API: what `cli.py extract` does, without click.
+
+    from extract import extract, ExtractConfig
+    summary = extract("videos", cache="cache", features="librosa,egemaps", jobs=2)
+    summary.cache, summary.keys, summary.done, summary.failed, summary.failures
+
+:class:`ExtractConfig` holds every option of `cli.py extract` with its default; it is the one
+source of those defaults (the click options read theirs from it). :func:`extract` raises
+:class:`extract.runner.UsageError` or :class:`extract.registry.SpecError` for bad options (nothing
+was done), :class:`extract.cache.CacheError` for a cache it cannot use; bad clips are not errors,
+they are recorded as failures in the cache and listed in the returned summary. Messages go through
+``logging`` (logger ``moe.extract``); nothing here prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, fields
+
+from . import media
+from .defaults import DEFAULT_FEATURES
+from .runner import Summary, UsageError, load_transcripts, run_extract
+
+log = logging.getLogger("moe.extract")
+
+DEFAULT_CACHE = "cache"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ExtractConfig:
+    """Every option of `cli.py extract` (same names, ``_`` for ``-``) with its default."""
+
+    #: feature SPECs; each item may hold several comma-separated SPECs (see extract.registry)
+    features: tuple[str, ...] = (DEFAULT_FEATURES,)
+    transcripts: str | None = None  # CSV with name,text (or MER's name,chinese,english)
+    text_column: str | None = None  # transcript column (default: "text")
+    fps: float = media.DecodeConfig.fps
+    max_frames: int = media.DecodeConfig.max_frames
+    max_side: int = media.DecodeConfig.max_side
+    jobs: int = 1
+    threads: int = 1
+    device: str = "auto"
+    strict: bool = False  # the CLI exits 1 when any clip failed (see Summary.exit_code)
+    retry_failed: bool = False
+    flush_every: int = 32  # clips per shard (a shard is also written every 10 s)
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.features, str):
+            self.features = (self.features,)
+        self.features = tuple(self.features) or (DEFAULT_FEATURES,)
+        if self.transcripts is not None:
+            self.transcripts = os.fspath(self.transcripts)
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` naming the first option out of range."""
+        for name, low in (("jobs", 1), ("threads", 1), ("max_frames", 1), ("max_side", 1), ("flush_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, not {value!r}")
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not self.fps > 0 \
+                or self.fps == float("inf"):
+            raise UsageError(f"--fps must be a number > 0, not {self.fps!r}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+
+    def decode_config(self) -> media.DecodeConfig:
+        return media.DecodeConfig(fps=float(self.fps), max_frames=self.max_frames, max_side=self.max_side)
+
+    def specs(self) -> list[str]:
+        from .registry import split_specs
+
+        return [s for value in self.features for s in split_specs(value)]
+
+
+def config_from(config: ExtractConfig | None = None, **overrides) -> ExtractConfig:
+    """``config`` (default: all defaults) with ``overrides`` applied, validated."""
+    config = config if config is not None else ExtractConfig()
+    if overrides:
+        known = {f.name for f in fields(ExtractConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown extract option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
+        config = dataclasses.replace(config, **overrides)
+    config.validate()
+    return config
+
+
+def extract(video_dir: str | os.PathLike, cache: str | os.PathLike = DEFAULT_CACHE,
+            config: ExtractConfig | None = None, **overrides) -> Summary:
+    """Decode every media file under ``video_dir`` once and cache the requested features in
+    ``cache``; return the run's :class:`~extract.runner.Summary` (cache folder, feature keys, counts
+    per key, failures, files skipped). ``overrides`` are :class:`ExtractConfig` fields."""
+    from .registry import build, load_all
+
+    cfg = config_from(config, **overrides)
+    load_all()
+    decode = cfg.decode_config()
+    # "auto" is resolved where a model loads, so signal-only runs never import torch
+    extractors = [build(spec, decode=decode, device=cfg.device) for spec in cfg.specs()]
+    texts = load_transcripts(cfg.transcripts, cfg.text_column) if cfg.transcripts else {}
+    return run_extract(video_dir, extractors, cache, decode, texts, cfg.transcripts, jobs=cfg.jobs,
+                       threads=cfg.threads, retry_failed=cfg.retry_failed, flush_every=cfg.flush_every,
+                       progress=cfg.progress)
