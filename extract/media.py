@@ -120,8 +120,9 @@ def _resized(width: int, height: int, max_side: int) -> tuple[int, int]:
 def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig = DecodeConfig()) -> Clip:
     """Decode ``path`` in a single demux pass: audio and/or frames, as ``needs`` asks.
 
-    Raises :class:`DecodeError` when the file cannot be read at all. A missing stream is not an
-    error here: it is recorded in ``Clip.missing`` and only the extractors that need it fail.
+    Raises :class:`DecodeError` when the file cannot be read at all. A missing stream, or one that
+    cannot be decoded while the other one can, is not an error here: it is recorded in
+    ``Clip.missing`` and only the extractors that need it fail.
     """
     import av  # local import: workers import lazily
 
@@ -152,61 +153,105 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
         audio_parts: list[np.ndarray] = []
         frames: list[np.ndarray] = []
         times: list[float] = []
-        resampler = None
+        # an error in one stream ends that stream only: the other one's extractors still get theirs
+        errors: dict[str, str] = {}
+        resampler = targets = None
         if astream is not None and want_audio:
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=config.sample_rate)
-        targets = frame_targets(clip.duration, config.fps, config.max_frames) if want_frames else None
-        next_target = 0
-        n_video = 0
+            try:
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=config.sample_rate)
+            except Exception as exc:  # noqa: BLE001
+                errors["audio"] = _why(exc)
         if vstream is not None and want_frames:
-            vstream.thread_type = "AUTO"
+            try:
+                targets = frame_targets(clip.duration, config.fps, config.max_frames)
+                vstream.thread_type = "AUTO"
+            except Exception as exc:  # noqa: BLE001
+                errors["frames"] = _why(exc)
+        sampler = _FrameSampler(targets, config, vstream) if vstream is not None and want_frames else None
+        streams = [s for s in streams if ("audio" if s is astream else "frames") not in errors]
         max_t = config.max_seconds
         try:
-            for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    t = frame.time
-                    if max_t is not None and t is not None and t >= max_t:
-                        continue
-                    if isinstance(frame, av.AudioFrame):
-                        for out in resampler.resample(frame):
-                            audio_parts.append(out.to_ndarray().reshape(-1))
-                        continue
-                    if t is None:  # no timestamp: assume constant rate
-                        rate = float(vstream.average_rate or 25)
-                        t = n_video / rate
-                    n_video += 1
-                    if targets is None:  # unknown duration: plain fps sampling, capped
-                        if len(frames) >= config.max_frames or t + 1e-6 < len(frames) / config.fps:
+            for packet in container.demux(*streams) if streams else ():
+                need = "frames" if packet.stream.type == "video" else "audio"
+                if need in errors:
+                    continue
+                try:
+                    for frame in packet.decode():
+                        t = frame.time
+                        if max_t is not None and t is not None and t >= max_t:
                             continue
-                    else:
-                        if next_target >= len(targets) or t + 1e-6 < targets[next_target]:
-                            continue
-                        while next_target < len(targets) and targets[next_target] <= t + 1e-6:
-                            next_target += 1
-                    w, h = _resized(frame.width, frame.height, config.max_side)
-                    frames.append(frame.reformat(width=w, height=h, format="rgb24").to_ndarray())
-                    times.append(float(t))
-            if resampler is not None:
-                for out in resampler.resample(None):
-                    audio_parts.append(out.to_ndarray().reshape(-1))
-        except Exception as exc:
+                        if need == "audio":
+                            for out in resampler.resample(frame):
+                                audio_parts.append(out.to_ndarray().reshape(-1))
+                        else:
+                            sampler.add(frame, t, frames, times)
+                except Exception as exc:  # noqa: BLE001
+                    errors[need] = _why(exc)
+            if resampler is not None and "audio" not in errors:
+                try:
+                    for out in resampler.resample(None):
+                        audio_parts.append(out.to_ndarray().reshape(-1))
+                except Exception as exc:  # noqa: BLE001
+                    errors["audio"] = _why(exc)
+        except Exception as exc:  # demuxing itself failed: the container is damaged from here on
             if not audio_parts and not frames:
-                raise DecodeError(f"decoding failed ({type(exc).__name__}: {exc})") from exc
-            clip.info["decode_warning"] = f"stopped early: {type(exc).__name__}: {exc}"
-    if want_audio and astream is not None:
+                raise DecodeError(f"decoding failed ({_why(exc)})") from exc
+            clip.info["decode_warning"] = f"stopped early: {_why(exc)}"
+        label = {"audio": "audio", "frames": "video"}
+        wanted = {"audio" if s is astream else "frames" for s, w in ((astream, want_audio), (vstream, want_frames))
+                  if s is not None and w}
+        if errors and set(errors) == wanted and not audio_parts and not frames:
+            raise DecodeError("decoding failed (" + "; ".join(f"{label[k]}: {v}" for k, v in errors.items()) + ")")
+        for need, why in errors.items():
+            if audio_parts if need == "audio" else frames:  # broke part way: what came before is kept
+                clip.info.setdefault("decode_warning", f"{label[need]} stopped early: {why}")
+            else:
+                clip.missing[need] = f"decode failed: {label[need]} decoding failed ({why})"
+    if want_audio and astream is not None and "audio" not in clip.missing:
         audio = np.concatenate(audio_parts).astype(np.float32) if audio_parts else np.zeros(0, np.float32)
         clip.audio = np.clip(audio, -1.0, 1.0)
         seconds = len(audio) / config.sample_rate
         if seconds < MIN_AUDIO_SECONDS:
             clip.missing["audio"] = f"audio too short ({seconds:.3f} s < {MIN_AUDIO_SECONDS} s)"
             clip.audio = None
-    if want_frames and vstream is not None:
+    if want_frames and vstream is not None and "frames" not in clip.missing:
         if frames:
             clip.frames = np.stack(frames)
             clip.frame_times = np.asarray(times, dtype=np.float64)
         else:
             clip.missing["frames"] = "no video frame could be decoded"
     return clip
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _FrameSampler:
+    """Keeps the video frames that fall on the sampling times (see :func:`frame_targets`)."""
+
+    def __init__(self, targets, config: DecodeConfig, vstream):
+        self.targets, self.config, self.vstream = targets, config, vstream
+        self.next_target = 0
+        self.n_video = 0
+
+    def add(self, frame, t, frames: list, times: list) -> None:
+        config = self.config
+        if t is None:  # no timestamp: assume constant rate
+            t = self.n_video / float(self.vstream.average_rate or 25)
+        self.n_video += 1
+        targets = self.targets
+        if targets is None:  # unknown duration: plain fps sampling, capped
+            if len(frames) >= config.max_frames or t + 1e-6 < len(frames) / config.fps:
+                return
+        else:
+            if self.next_target >= len(targets) or t + 1e-6 < targets[self.next_target]:
+                return
+            while self.next_target < len(targets) and targets[self.next_target] <= t + 1e-6:
+                self.next_target += 1
+        w, h = _resized(frame.width, frame.height, config.max_side)
+        frames.append(frame.reformat(width=w, height=h, format="rgb24").to_ndarray())
+        times.append(float(t))
 
 
 def _duration(container, astream, vstream) -> float | None:

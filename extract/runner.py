@@ -132,6 +132,7 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     clip = None
     t0 = time.perf_counter()
     media_needs = tuple(n for n in task.needs if n != "text")
+    decode_failure = None
     try:
         if media_needs:
             clip = media.decode(task.path, task.id, media_needs, config)
@@ -139,13 +140,13 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
         else:
             clip = media.Clip(id=task.id, path=task.path)
     except media.DecodeError as exc:
-        reason = f"decode failed: {exc}"
-        out["results"] = {ex.key: reason for ex in task.extractors}
-        return out
+        decode_failure = f"decode failed: {exc}"
     except Exception as exc:  # an unexpected decoder crash must not stop the run
-        reason = f"decode failed: {type(exc).__name__}: {exc}"
-        out["results"] = {ex.key: reason for ex in task.extractors}
-        return out
+        decode_failure = f"decode failed: {type(exc).__name__}: {exc}"
+    if decode_failure is not None:
+        # only the feature sets that read the media inherit the failure: a text-only set still runs
+        clip = media.Clip(id=task.id, path=task.path)
+        clip.missing.update({need: decode_failure for need in media_needs})
     out["seconds"]["decode"] = time.perf_counter() - t0
     clip.text, clip.text_source = task.text, task.text_source
     if task.text is None:
@@ -153,7 +154,8 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     for ex in run_order(task.extractors):
         t1 = time.perf_counter()
         reason = clip.unavailable(ex.needs)
-        if reason is not None and not getattr(ex, "handles_missing", False):
+        media_failed = decode_failure is not None and any(n != "text" for n in ex.needs)
+        if reason is not None and (media_failed or not getattr(ex, "handles_missing", False)):
             out["results"][ex.key] = reason
             continue
         try:
