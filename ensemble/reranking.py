@@ -425,12 +425,10 @@ def parse_rules(data, classes: list[str], source: str = "<rules>", path: Path | 
 
 
 def load_rules(spec, classes: list[str], have_annotator: bool = True) -> RuleSet:
-    """Read and validate a rules file (path or shipped sample name) against ``classes``."""
-    import yaml
+    """Read and validate a rules file (path or shipped sample name) against ``classes``. The YAML is
+    read bounded (size limit, no anchors/aliases: ``extract.safeio.load_yaml``)."""
+    from extract.safeio import load_yaml
 
     path = resolve_rules_path(spec)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RulesError(f"rules file {path} is not valid YAML: {exc}") from exc
+    data = load_yaml(path, RulesError, "rules file")
     return parse_rules(data, classes, str(path), path, have_annotator)

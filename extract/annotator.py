@@ -10,10 +10,17 @@ Two file formats, chosen by extension:
 
 Labels are matched to the classes case-insensitively. Answers whose label is not one of the
 classes (e.g. "surprise" from a 7-class model when the task has 5) are kept but flagged, so rules
-ignore them and can count them. Unreadable lines are skipped, counted and named (file and line).
+ignore them and can count them. Unreadable lines are skipped, counted and named (file and line);
+a JSON line longer than ``MAX_LINE_CHARS`` or nested deeper than ``MAX_DEPTH`` is such a line.
+A file that is not UTF-8 is an :class:`AnnotatorError`. Strings from the file quoted in a problem
+are cut to a few hundred characters.
+
+This module owns the format: :func:`write_annotator` writes it (``export-annotator``) and
+:func:`load_annotator` reads it (``pseudo-label``, ``ensemble``).
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.safeio import bounded_lines, clip, loads_json
 from extract.tables import read_rows
+
+MAX_LINE_CHARS = 1_000_000  # a JSONL line longer than this is a problem of that line
+MAX_DEPTH = 64  # deeper JSON nesting is a problem of that line
 
 
 class AnnotatorError(ValueError):
@@ -70,7 +81,7 @@ def _confidence(obj: dict, label: str) -> float:
     if obj.get("confidence") is not None:
         c = float(obj["confidence"])
         if not (math.isfinite(c) and 0 <= c <= 1):
-            raise ValueError(f"confidence {obj['confidence']!r} is not in [0, 1]")
+            raise ValueError(f"confidence {clip(repr(obj['confidence']))} is not in [0, 1]")
         return c
     scores = obj.get("scores")
     if isinstance(scores, dict) and scores:
@@ -89,26 +100,42 @@ def _confidence(obj: dict, label: str) -> float:
 def _read_jsonl(path: Path) -> Annotator:
     answers: dict[str, Answer] = {}
     problems: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                name, label = obj.get("name"), obj.get("label")
-                if not isinstance(name, str) or not name.strip():
-                    raise ValueError("no 'name'")
-                if not isinstance(label, str) or not label.strip():
-                    raise ValueError("no 'label'")
-                label = label.strip()
-                answers[name.strip()] = Answer(label, _confidence(obj, label),
-                                               obj.get("scores") if isinstance(obj.get("scores"), dict) else None)
-            except (ValueError, TypeError) as exc:
-                problems.append(f"{path}:{lineno}: {exc}")
+    try:
+        with open(path, "rb") as fh:
+            for lineno, raw in bounded_lines(fh, MAX_LINE_CHARS):
+                try:
+                    line = None if raw is None else raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise AnnotatorError(f"annotator file {path} is not UTF-8 text (line {lineno}: byte "
+                                         f"0x{raw[exc.start]:02x} at column {exc.start + 1}); save it as UTF-8"
+                                         ) from None
+                _read_line(path, lineno, line, answers, problems)
+    except OSError as exc:
+        raise AnnotatorError(f"annotator file {path} cannot be read: {exc.strerror or exc}") from None
     return Annotator(path, answers, problems)
+
+
+def _read_line(path: Path, lineno: int, line: str | None, answers: dict, problems: list) -> None:
+    if line is None:
+        problems.append(f"{path}:{lineno}: line longer than {MAX_LINE_CHARS:,} bytes")
+        return
+    line = line.strip()
+    if not line:
+        return
+    try:
+        obj = loads_json(line, ValueError, "line", max_chars=MAX_LINE_CHARS, max_depth=MAX_DEPTH)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        name, label = obj.get("name"), obj.get("label")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("no 'name'")
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError("no 'label'")
+        label = label.strip()
+        answers[name.strip()] = Answer(label, _confidence(obj, label),
+                                       obj.get("scores") if isinstance(obj.get("scores"), dict) else None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        problems.append(f"{path}:{lineno}: {clip(exc)}")
 
 
 def _read_csv(path: Path) -> Annotator:
@@ -116,7 +143,8 @@ def _read_csv(path: Path) -> Annotator:
     problems: list[str] = []
     cols, rows = read_rows(path, (), AnnotatorError, "annotator file")
     if "name" not in cols or "label" not in cols:
-        raise AnnotatorError(f"annotator file {path} has header {','.join(cols)}; expected name,label[,confidence]")
+        raise AnnotatorError(f"annotator file {path} has header {clip(','.join(cols))}; "
+                             "expected name,label[,confidence]")
     for lineno, row in enumerate(rows, 2):
         name, label = (row.get("name") or "").strip(), (row.get("label") or "").strip()
         if not name or not label:
@@ -125,7 +153,7 @@ def _read_csv(path: Path) -> Annotator:
         try:
             conf = _confidence({"confidence": row.get("confidence") or None}, label)
         except (ValueError, TypeError) as exc:
-            problems.append(f"{path}:{lineno}: {exc}")
+            problems.append(f"{path}:{lineno}: {clip(exc)}")
             continue
         answers[name] = Answer(label, conf)
     return Annotator(path, answers, problems)
@@ -147,3 +175,46 @@ def load_annotator(path) -> Annotator:
         raise AnnotatorError(f"annotator file {path} has no usable answer"
                              + (f" ({ann.problems[0]})" if ann.problems else ""))
     return ann
+
+
+WRITABLE = (".jsonl", ".json", ".ndjson", ".csv")
+
+
+def write_annotator(path, rows) -> int:
+    """Write an annotator file that :func:`load_annotator` reads back exactly; the format follows
+    the extension as for reading. Returns the number of answers written.
+
+    ``rows``: mappings with ``name`` and ``label`` (non-empty strings) and optionally ``scores``
+    ({class: number}), ``confidence`` (0-1) and ``reasoning``. JSONL keeps each of these that is not
+    None; CSV writes ``name,label,confidence`` with the confidence the reader would have derived
+    (given, else the label's share of the scores, else 1). Written atomically (tmp + rename).
+    """
+    from extract.cache import atomic_open
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITABLE:
+        raise AnnotatorError(f"annotator file {path}: unknown format {path.suffix!r}; use {', '.join(WRITABLE)}")
+    written = 0
+    with atomic_open(path, newline="" if suffix == ".csv" else None) as fh:
+        out = csv.writer(fh) if suffix == ".csv" else None
+        if out is not None:
+            out.writerow(["name", "label", "confidence"])
+        for i, row in enumerate(rows, 1):
+            name, label = row.get("name"), row.get("label")
+            if not isinstance(name, str) or not name.strip() or not isinstance(label, str) or not label.strip():
+                raise AnnotatorError(f"annotator file {path}: answer {i} needs a non-empty name and label "
+                                     f"(got name {clip(repr(name), 80)}, label {clip(repr(label), 80)})")
+            if out is not None:
+                try:
+                    conf = _confidence(row, label.strip())
+                except (ValueError, TypeError) as exc:
+                    raise AnnotatorError(f"annotator file {path}: answer {i} ({clip(name, 80)}): {clip(exc)}") from None
+                out.writerow([name, label, repr(conf)])
+            else:
+                line = {"name": name, "label": label}
+                line.update({k: row.get(k) for k in ("scores", "confidence", "reasoning")
+                             if row.get(k) is not None})
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+            written += 1
+    return written

@@ -1,16 +1,17 @@
-"""`cli.py export-annotator`: cached VLM answers -> the annotator file (JSONL) that pseudo-labeling
-and re-ranking read (``name``, ``label``, ``scores``; ``reasoning`` on request)."""
+"""`cli.py export-annotator`: cached VLM answers -> the annotator file that pseudo-labeling and
+re-ranking read (JSONL ``name``, ``label``, ``scores``, ``reasoning`` on request; or CSV
+``name,label,confidence``), written by ``extract.annotator.write_annotator``, the format's owner."""
 from __future__ import annotations
-
-import json
 
 import click
 
-from .cache import CacheError, FeatureCache, atomic_open
+from .annotator import AnnotatorError, write_annotator
+from .cache import CacheError, FeatureCache
 
 
 def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -> tuple[int, int, str]:
-    """Write one JSON line per clip with a cached answer. Returns (written, failed, feature key)."""
+    """Write one answer per clip with a cached answer (format by ``out``'s extension, see
+    ``write_annotator``). Returns (written, failed, feature key)."""
     cache = FeatureCache(cache_dir)
     key = cache.resolve(feature)
     fs = cache.feature_set(key)
@@ -19,17 +20,10 @@ def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -
                          f"{fs.meta.get('modality')}); pass --feature vlm or a vlm-... key")
     ids = sorted(fs.done_ids())
     batch = fs.read(ids)
-    written = 0
-    with atomic_open(out) as fh:
-        for cid, rec in zip(ids, batch.data):
-            if not rec or rec.get("label") is None:
-                continue
-            line = {"name": cid, "label": rec["label"],
-                    "scores": rec.get("scores")}
-            if with_reasoning:
-                line["reasoning"] = rec.get("reasoning")
-            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-            written += 1
+    rows = ({"name": cid, "label": rec["label"], "scores": rec.get("scores"),
+             "reasoning": rec.get("reasoning") if with_reasoning else None}
+            for cid, rec in zip(ids, batch.data) if rec and rec.get("label") is not None)
+    written = write_annotator(out, rows)
     return written, len(fs.failures()), key
 
 
@@ -39,7 +33,7 @@ def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -
 @click.option("--feature", default="vlm", show_default=True,
               help="The VLM feature set: extractor name (when unambiguous) or full key (see `cache info`).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Annotator file to write (JSONL: name, label, scores).")
+              help="Annotator file to write: .jsonl (name, label, scores) or .csv (name, label, confidence).")
 @click.option("--with-reasoning", is_flag=True, help="Also write each answer's reasoning text.")
 def export_annotator_cmd(cache_dir, feature, out, with_reasoning):
     """Export cached VLM answers (`vlm` extractor) as an annotator JSONL file for fit/ensemble.
@@ -49,6 +43,6 @@ def export_annotator_cmd(cache_dir, feature, out, with_reasoning):
     """
     try:
         written, failed, key = export_answers(cache_dir, feature, out, with_reasoning)
-    except CacheError as exc:
+    except (CacheError, AnnotatorError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {written} answers from {key} to {out} ({failed} clips without a valid answer)")
