@@ -138,26 +138,60 @@ def _read_text(path: Path) -> str | None:
 def atomic_open(path, newline: str | None = None, binary: bool = False):
     """A text file opened for writing that appears at ``path`` only when the block completes (tmp +
     fsync + rename): readers see the old file or the new one, never half of it; on an error the
-    old file stays and the tmp file is removed. ``binary``: a bytes file ("wb", e.g. for torch.save)."""
+    old file stays and the tmp file is removed. ``binary``: a bytes file ("wb", e.g. for torch.save).
+
+    The tmp file is created exclusively (``mkstemp``: O_CREAT|O_EXCL, an unpredictable name
+    ``.<name>.<random>.tmp`` beside ``path``), so a symlink planted in the folder is never followed;
+    the rename replaces a symlink at ``path`` itself, not the file it points to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = _mkstemp_beside(path)
     try:
-        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline=newline)) as fh:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path, text: str) -> None:
     """Write a whole text file atomically (see :func:`atomic_open`)."""
     with atomic_open(path) as fh:
         fh.write(text)
+
+
+def _mkstemp_beside(path: Path) -> tuple[int, Path]:
+    """An exclusively created, empty tmp file in ``path``'s folder -> (fd, its path). Its mode is the
+    one a plain open() would give (0666 minus the umask), not mkstemp's 0600."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError:
+        pass
+    return fd, Path(tmp)
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    """The process umask: read from /proc on Linux (setting it to read it back is not thread-safe)."""
+    global _UMASK
+    if _UMASK is None:
+        status = _read_text(Path("/proc/self/status")) or ""
+        found = next((line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), None)
+        if found is not None:
+            _UMASK = int(found, 8)
+        else:
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
 
 
 def _fsync_dir(path: Path) -> None:
@@ -430,7 +464,11 @@ class ShardWriter:
         self.items.append((cid, feat))
 
     def fail(self, cid: str, reason: str) -> None:
-        self.fails.append((cid, reason))
+        """Record that ``cid`` failed. The reason is stored with API keys redacted (it may quote
+        a remote service's error text, which can echo the request's headers)."""
+        from .safeio import redact
+
+        self.fails.append((cid, redact(reason)))
 
     def flush(self) -> Path | None:
         if not self.items and not self.fails:
@@ -459,10 +497,24 @@ def new_shard_path(fs: "FeatureSet", tag: str) -> Path:
 
 def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) -> Path:
     """Write one immutable shard: tmp file, flush + fsync, atomic rename."""
+    fd, tmp = _mkstemp_beside(path)  # ".part-....h5.<random>.tmp": ShardWriter's stale glob matches it
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            _write_shard_file(fh, kind, items, fails, attrs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write_shard_file(fh, kind: str, items, fails, attrs) -> None:
     import h5py
 
-    tmp = path.with_name("." + path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(fh, "w") as f:
         f.attrs["format"] = "moe-emotion-shard/1"
         f.attrs["kind"] = kind
         for k, v in (attrs or {}).items():
@@ -491,11 +543,6 @@ def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) 
         f.create_dataset("failed_ids", data=np.array([c for c, _ in fails], dtype=object), dtype=_str_dtype())
         f.create_dataset("failed_reasons", data=np.array([r for _, r in fails], dtype=object), dtype=_str_dtype())
         f.flush()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
 
 
 def compact(fs: FeatureSet, min_shards: int = 8) -> int:
