@@ -7,8 +7,11 @@ The prompt is filled in; the answer is constrained by a response schema (reasoni
 class, a label from the classes).
 
 The API key comes from GEMINI_API_KEY or GOOGLE_API_KEY; it is handed to the SDK only, never
-written to the cache, the provenance, or a message. Retries (429, 5xx, timeouts) are ours, with
-exponential backoff, so the SDK's own retrying is switched off; a cross-process slot lock limits
+written to the cache, the provenance, or a message: every text that came back from the service
+(error bodies, the raw answer) is passed through ``safeio.redact`` before it leaves this module, as
+an error body may echo the request's headers or URL. Retries (429, 5xx, timeouts) are ours
+(``limits.with_retries``, on tenacity), with exponential backoff, so the SDK's own retrying is
+switched off; a cross-process slot lock limits
 the requests in flight (``concurrency``). ``base_url`` points the SDK at another endpoint (a proxy,
 or the local server of the tests).
 """
@@ -17,11 +20,11 @@ from __future__ import annotations
 import os
 import re
 
+from ..safeio import KEY_VARIABLES, redact
 from . import Provider, Reply, Request, VLMCallError, VLMError, register_provider
 from .inputs import jpeg, wav
 from .limits import RETRY_STATUS, GiveUp, Slots, with_retries
 
-KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 UPLOAD_POLL_SECONDS = 2.0  # how often an uploaded video's processing state is asked for
 DEFAULT_MODEL = "gemini-2.5-flash"
 
@@ -67,8 +70,17 @@ def _retry_hint(exc) -> float | None:
 
 
 def classify(exc) -> tuple[bool, float | None, str]:
-    """(retryable, wait hint, text). Transport errors are recognised by class name: the SDK runs on
-    httpx or on its fork httpx2, whichever is installed."""
+    """(retryable, wait hint, text with API keys redacted). Transport errors are recognised by class
+    name: the SDK runs on httpx or on its fork httpx2, whichever is installed."""
+    retryable, hint, text = _classify(exc)
+    return retryable, hint, redact(text)
+
+
+def _call_error(text: str) -> VLMCallError:
+    return VLMCallError(redact(text))
+
+
+def _classify(exc) -> tuple[bool, float | None, str]:
     from google.genai import errors
 
     names = {cls.__name__ for cls in type(exc).__mro__}
@@ -123,14 +135,14 @@ class GeminiProvider(Provider):
         while state == "PROCESSING":
             if time.monotonic() > deadline:
                 self.forget(uploaded)
-                raise VLMCallError(f"uploaded file {uploaded.name} still PROCESSING after {c.timeout:g} s")
+                raise _call_error(f"uploaded file {uploaded.name} still PROCESSING after {c.timeout:g} s")
             time.sleep(min(UPLOAD_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             uploaded, _ = with_retries(lambda: self.client.files.get(name=uploaded.name), classify,
                                        retries=c.retries, backoff=c.backoff)
             state = getattr(uploaded.state, "name", str(uploaded.state))
         if state != "ACTIVE":
             self.forget(uploaded)
-            raise VLMCallError(f"Gemini could not process the uploaded file (state {state}: {uploaded.error})")
+            raise _call_error(f"Gemini could not process the uploaded file (state {state}: {uploaded.error})")
         return uploaded
 
     def forget(self, uploaded) -> None:
@@ -178,17 +190,17 @@ class GeminiProvider(Provider):
 
             response, attempts = with_retries(call, classify, retries=c.retries, backoff=c.backoff)
         except GiveUp as exc:
-            raise VLMCallError(str(exc)) from None
+            raise _call_error(str(exc)) from None
         finally:
             if uploaded is not None:
                 self.forget(uploaded)
-        text = response.text
+        text = redact(response.text) if response.text else response.text
         finish = None
         if response.candidates:
             reason = getattr(response.candidates[0], "finish_reason", None)
             finish = getattr(reason, "name", None) or (str(reason) if reason is not None else None)
         if not text:
-            raise VLMCallError(f"Gemini returned no text (finish reason {finish}, "
+            raise _call_error(f"Gemini returned no text (finish reason {finish}, "
                                f"prompt feedback {getattr(response, 'prompt_feedback', None)})")
         usage = getattr(response, "usage_metadata", None)
         meta = {"attempts": attempts, "finish_reason": finish,

@@ -1,6 +1,6 @@
 """Calling a remote model politely: a concurrency limit shared by every process on the machine, and
-retries with exponential backoff (and jitter) on rate limits (429), server errors (5xx) and
-timeouts."""
+retries (tenacity) with exponential backoff (and jitter) on rate limits (429), server errors (5xx)
+and timeouts."""
 from __future__ import annotations
 
 import contextlib
@@ -52,26 +52,63 @@ class GiveUp(Exception):
     """Retries exhausted, or an error that retrying cannot fix; the message says which."""
 
 
+class _Classified(Exception):
+    """An exception of the call with what ``classify`` said about it (asked once per failure)."""
+
+    def __init__(self, exc: BaseException, retryable: bool, hint: float | None, text: str):
+        super().__init__(text)
+        self.exc, self.retryable, self.hint, self.text = exc, retryable, hint, text
+
+
+class _Backoff:
+    """tenacity wait: ``backoff * 2**(attempt-1)`` capped at ``max_backoff``, times a +-25 % jitter;
+    the server's hint (capped) when it is longer."""
+
+    def __init__(self, backoff: float, max_backoff: float, rng: random.Random):
+        import tenacity
+
+        self.exponential = tenacity.wait_exponential(multiplier=backoff, exp_base=2, max=max_backoff)
+        self.max_backoff = max_backoff
+        self.rng = rng
+
+    def __call__(self, retry_state) -> float:
+        wait = self.exponential(retry_state) * (0.75 + 0.5 * self.rng.random())
+        hint = getattr(retry_state.outcome.exception(), "hint", None)
+        if hint:
+            wait = max(wait, min(hint, self.max_backoff))
+        return wait
+
+
 def with_retries(call, classify, retries: int = 5, backoff: float = 2.0, max_backoff: float = 60.0,
                  sleep=time.sleep, rng: random.Random | None = None):
-    """Run ``call()``; on an exception, ``classify(exc)`` -> (retryable, wait hint in s or None, text).
+    """Run ``call()`` with tenacity; on an exception, ``classify(exc)`` -> (retryable, wait hint in s
+    or None, text).
 
-    Waits ``backoff * 2**attempt`` (capped, with +-25 % jitter), or the server's hint when larger.
-    Returns (result, attempts). Raises GiveUp with the last error's text.
+    Retries a retryable error up to ``retries`` times, waiting ``backoff * 2**attempt`` (capped,
+    with +-25 % jitter), or the server's hint when larger. Returns (result, attempts). Raises
+    GiveUp with the last error's text.
     """
-    rng = rng or random.Random()
-    attempt = 0
-    while True:
+    import tenacity
+
+    def attempt():
         try:
-            return call(), attempt + 1
+            return call()
         except Exception as exc:  # noqa: BLE001 - classify decides
-            retryable, hint, text = classify(exc)
-            if not retryable:
-                raise GiveUp(text) from exc
-            if attempt >= retries:
-                raise GiveUp(f"{text} (gave up after {attempt + 1} attempts)") from exc
-            wait = min(max_backoff, backoff * (2 ** attempt)) * (0.75 + 0.5 * rng.random())
-            if hint:
-                wait = max(wait, min(hint, max_backoff))
-            sleep(wait)
-            attempt += 1
+            raise _Classified(exc, *classify(exc)) from exc
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max(0, int(retries)) + 1),
+        wait=_Backoff(backoff, max_backoff, rng or random.Random()),
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, _Classified) and e.retryable),
+        sleep=sleep, reraise=True)
+    attempts = 0
+    try:
+        for trial in retrying:
+            with trial:
+                attempts = trial.retry_state.attempt_number
+                result = attempt()
+    except _Classified as failed:
+        if not failed.retryable:
+            raise GiveUp(failed.text) from failed.exc
+        raise GiveUp(f"{failed.text} (gave up after {attempts} attempts)") from failed.exc
+    return result, attempts
