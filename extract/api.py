@@ -28,6 +28,21 @@ DEFAULT_CACHE = "cache"
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def parse_extensions(value) -> tuple[str, ...]:
+    """``".mp4,ts, .MKV"`` or a sequence -> ``(".mp4", ".ts", ".mkv")`` (lower case, dotted, unique)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in (str(i).strip().lower() for i in items):
+        if not item:
+            continue
+        ext = item if item.startswith(".") else "." + item
+        if ext == "." or any(ch in ext for ch in "/\\ *?"):
+            raise UsageError(f"--extensions: {item!r} is not a file extension (e.g. .mp4)")
+        if ext not in out:
+            out.append(ext)
+    return tuple(out)
+
+
 @dataclass
 class ExtractConfig:
     """Every option of `cli.py extract` (same names, ``_`` for ``-``) with its default."""
@@ -46,11 +61,14 @@ class ExtractConfig:
     retry_failed: bool = False
     flush_every: int = 32  # clips per shard (a shard is also written every 10 s)
     progress: bool = True
+    #: file extensions taken as media under VIDEO_DIR (a comma-separated string is accepted)
+    extensions: tuple[str, ...] = media.MEDIA_EXTENSIONS
 
     def __post_init__(self):
         if isinstance(self.features, str):
             self.features = (self.features,)
         self.features = tuple(self.features) or (DEFAULT_FEATURES,)
+        self.extensions = parse_extensions(self.extensions)
         if self.transcripts is not None:
             self.transcripts = os.fspath(self.transcripts)
 
@@ -65,6 +83,8 @@ class ExtractConfig:
             raise UsageError(f"--fps must be a number > 0, not {self.fps!r}")
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if not self.extensions:
+            raise UsageError("--extensions is empty: name at least one, e.g. .mp4")
 
     def decode_config(self) -> media.DecodeConfig:
         return media.DecodeConfig(fps=float(self.fps), max_frames=self.max_frames, max_side=self.max_side)
@@ -103,4 +123,4 @@ def extract(video_dir: str | os.PathLike, cache: str | os.PathLike = DEFAULT_CAC
     texts = load_transcripts(cfg.transcripts, cfg.text_column) if cfg.transcripts else {}
     return run_extract(video_dir, extractors, cache, decode, texts, cfg.transcripts, jobs=cfg.jobs,
                        threads=cfg.threads, retry_failed=cfg.retry_failed, flush_every=cfg.flush_every,
-                       progress=cfg.progress)
+                       progress=cfg.progress, extensions=cfg.extensions)

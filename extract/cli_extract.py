@@ -45,6 +45,8 @@ _D = ExtractConfig()  # the defaults of every option below
 @click.option("--flush-every", type=int, default=_D.flush_every, show_default=True,
               help="Write a shard after this many clips (also every 10 s; >= 1); bounds the loss on a kill.")
 @click.option("--progress/--no-progress", default=_D.progress, show_default=True, help="Show the progress bar.")
+@click.option("--extensions", default=",".join(_D.extensions), show_default=True,
+              help="File extensions taken as media under VIDEO_DIR, comma-separated (replaces the list).")
 def extract_cmd(video_dir, cache_dir, **options):
     """Decode every media file under VIDEO_DIR once and cache the requested features.
 
@@ -76,6 +78,16 @@ def _print_summary(s) -> None:
             click.echo(f"  {cid} [{key}]: {reason}")
         if len(s.failures) > 20:
             click.echo(f"  ... {len(s.failures) - 20} more: see `cli.py cache info --cache {s.cache} --failures`")
+    if s.files_skipped:
+        reasons = Counter(why for _, why in s.files_skipped)
+        click.echo(f"skipped {len(s.files_skipped)} files under {s.video_dir}: "
+                   + "; ".join(f"{n} {why}" for why, n in reasons.most_common()))
+        for path, why in s.files_skipped[:5]:
+            click.echo(f"  {path}: {why}")
+        if len(s.files_skipped) > 5:
+            click.echo(f"  ... {len(s.files_skipped) - 5} more")
+    if s.extensions_seen:
+        click.echo("extensions seen: " + ", ".join(f"{ext or '(none)'} {n}" for ext, n in s.extensions_seen.items()))
     for note in s.notes:
         click.echo(f"note: {note}")
     click.echo(f"cache: {s.cache}")

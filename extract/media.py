@@ -9,13 +9,18 @@ from __future__ import annotations
 import math
 import os
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm")
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a")
+#: containers FFmpeg reads that people bring (phones, cameras, broadcast, the web); `--extensions`
+#: replaces the list
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm", ".3gp", ".3g2", ".ts", ".mts", ".m2ts",
+                    ".wmv", ".asf", ".mpg", ".mpeg", ".m4v", ".ogv", ".vob", ".mxf")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".oga", ".opus", ".aac", ".wma", ".aif", ".aiff",
+                    ".amr", ".mka")
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 
 #: what an extractor can ask the decoder for
@@ -78,22 +83,105 @@ class Clip:
         return None
 
 
-def discover(video_dir: str | os.PathLike) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+@dataclass
+class Scan:
+    """What :func:`scan` found under a folder."""
+
+    root: Path
+    extensions: tuple[str, ...]  # looked for
+    files: dict[str, Path] = field(default_factory=dict)  # clip id -> path
+    collisions: dict[str, list[Path]] = field(default_factory=dict)  # ids that 2+ files map to
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, why it is not a clip)
+    seen: Counter = field(default_factory=Counter)  # extension -> files seen with it ("" for none)
+
+    def skipped_by_reason(self) -> Counter:
+        return Counter(why for _, why in self.skipped)
+
+
+#: reasons a file under VIDEO_DIR is not taken as a clip (Scan.skipped)
+NOT_LISTED = "extension not in --extensions"
+HIDDEN = "hidden"
+BROKEN_LINK = "broken symlink"
+NOT_A_FILE = "not a regular file"
+SEEN_FOLDER = "folder reached twice through symlinks (loop or second link): scanned once"
+UNREADABLE = "folder not readable"
+
+
+def scan(video_dir: str | os.PathLike, extensions=MEDIA_EXTENSIONS) -> Scan:
+    """Every media file under ``video_dir``, recursive, following symlinked folders (each real
+    folder is scanned once, so a link loop ends), keyed by clip id; and every other file with the
+    reason it was left out. Hidden files and folders (``.name``, e.g. macOS ``._clip.mp4``) are
+    left out. See :func:`clip_id` for the ids."""
+    root = Path(video_dir)
+    exts = tuple(e.lower() for e in extensions)
+    out = Scan(root=root, extensions=exts)
+    found: dict[str, list[Path]] = {}
+    visited: set[tuple[int, int]] = set()
+
+    def unreadable(err: OSError) -> None:
+        out.skipped.append((Path(err.filename or root), UNREADABLE))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        here = Path(dirpath)
+        try:
+            st = os.stat(here)
+        except OSError:
+            out.skipped.append((here, UNREADABLE))
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            out.skipped.append((here, SEEN_FOLDER))
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        keep = []
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                out.skipped.append((here / name, HIDDEN))
+            else:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            path = here / name
+            ext = path.suffix.lower()
+            out.seen[ext] += 1
+            if name.startswith("."):
+                why = HIDDEN
+            elif ext not in exts:
+                why = NOT_LISTED
+            elif not path.exists():
+                why = BROKEN_LINK
+            elif not path.is_file():
+                why = NOT_A_FILE
+            else:
+                found.setdefault(clip_id(path, root), []).append(path)
+                continue
+            out.skipped.append((path, why))
+    out.files = {cid: paths[0] for cid, paths in sorted(found.items()) if len(paths) == 1}
+    out.collisions = {cid: paths for cid, paths in sorted(found.items()) if len(paths) > 1}
+    return out
+
+
+def discover(video_dir: str | os.PathLike, extensions=MEDIA_EXTENSIONS) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """Every media file under ``video_dir`` (recursive), keyed by clip id.
 
     The clip id is the path relative to ``video_dir`` without its extension, with ``/`` separators
     and Unicode NFC normalisation (so that ids match a labels CSV typed on another OS). Returns
     ``(files, collisions)``: ids that two or more files map to are not in ``files`` but in
-    ``collisions`` (never silently overwritten).
+    ``collisions`` (never silently overwritten). :func:`scan` also says what was left out.
     """
-    root = Path(video_dir)
-    found: dict[str, list[Path]] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in MEDIA_EXTENSIONS and path.is_file():
-            found.setdefault(clip_id(path, root), []).append(path)
-    files = {cid: paths[0] for cid, paths in found.items() if len(paths) == 1}
-    collisions = {cid: paths for cid, paths in found.items() if len(paths) > 1}
-    return files, collisions
+    found = scan(video_dir, extensions)
+    return found.files, found.collisions
+
+
+def shown_name(name: str) -> str:
+    """A file name as printed in messages; with its code points when it is not plain ASCII or is
+    not in NFC form, so that two names that look the same (NFC ``é`` and NFD ``e`` + U+0301) differ."""
+    if name.isascii():
+        return name
+    points = " ".join(f"U+{ord(ch):04X}" for ch in name if not ch.isascii())
+    form = "" if unicodedata.is_normalized("NFC", name) else ", not NFC"
+    return f"{name} [{points}{form}]"
 
 
 def clip_id(path: Path, root: Path) -> str:

@@ -57,6 +57,8 @@ class Summary:
     keys: list[str] = field(default_factory=list)
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    files_skipped: list[tuple[str, str]] = field(default_factory=list)  # (path under video_dir, why)
+    extensions_seen: dict[str, int] = field(default_factory=dict)  # every file's extension -> count
     compute_seconds: Counter = field(default_factory=Counter)  # summed in workers: "decode" and per key
 
     @property
@@ -227,8 +229,10 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                 transcripts: dict[str, str] | None = None, transcripts_source: str | None = None, jobs: int = 1,
                 threads: int = 1,
                 retry_failed: bool = False, flush_every: int = 32, flush_seconds: float = 10.0,
-                progress: bool = True, compact_min_shards: int = 16) -> Summary:
-    """Extract ``extractors`` for every media file under ``video_dir`` into ``cache_dir``."""
+                progress: bool = True, compact_min_shards: int = 16,
+                extensions=media.MEDIA_EXTENSIONS) -> Summary:
+    """Extract ``extractors`` for every media file under ``video_dir`` (those whose extension is in
+    ``extensions``) into ``cache_dir``."""
     from tqdm.auto import tqdm
     from joblib import Parallel, delayed
 
@@ -237,6 +241,9 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         raise UsageError(f"video folder {video_dir} does not exist or is not a folder")
     if not extractors:
         raise UsageError("no extractor requested")
+    found = media.scan(video_dir, extensions)
+    if not found.files and not found.collisions:
+        raise UsageError(no_media_message(found))
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
@@ -255,8 +262,13 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         raise UsageError("the same feature set is requested twice")
     start = time.perf_counter()
     summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys)
-    files, collisions = media.discover(video_dir)
+    files, collisions = found.files, found.collisions
     summary.clips = len(files) + len(collisions)
+    summary.files_skipped = [(p.relative_to(video_dir).as_posix() if p.is_relative_to(video_dir) else str(p), why)
+                             for p, why in found.skipped]
+    summary.extensions_seen = dict(found.seen.most_common())
+    for path, why in summary.files_skipped:
+        log.info("skipped %s: %s", path, why)
     transcripts = transcripts or {}
     cache = FeatureCache(cache_dir)
     with cache.lock():
@@ -266,8 +278,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
             writers[ex.key] = ShardWriter(fs, ex.kind, {"source_dir": video_dir.name,
                                                          "transcripts": transcripts_source or ""})
         for cid, paths in sorted(collisions.items()):
-            reason = ("ambiguous clip id: " + " and ".join(p.name for p in paths)
-                      + " map to the same id; rename one of them")
+            reason = collision_reason(paths, video_dir)
             for key, writer in writers.items():
                 if cid not in writer.fs.failures():
                     writer.fail(cid, reason)
@@ -313,6 +324,24 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     close_loaded()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def no_media_message(found: media.Scan) -> str:
+    """The usage error of a folder with no media file: the folder, what was looked for and seen."""
+    seen = ", ".join(f"{ext or '(no extension)'} {n}" for ext, n in found.seen.most_common(8))
+    other = f"; it holds {sum(found.seen.values())} other files ({seen})" if found.seen else "; it is empty"
+    return (f"no media files in {found.root} (looked for {' '.join(found.extensions)}, recursively){other}. "
+            "Pass --extensions to read other containers.")
+
+
+def collision_reason(paths: list[Path], root: Path) -> str:
+    """Why two files are one clip id; names that print alike (NFC/NFD) show their code points."""
+    import unicodedata
+
+    names = [p.relative_to(root).as_posix() for p in paths]
+    alike = len({unicodedata.normalize("NFC", n) for n in names}) < len(names)
+    shown = [media.shown_name(n) if alike else n for n in names]
+    return "ambiguous clip id: " + " and ".join(shown) + " map to the same id; rename one of them"
 
 
 def _note(summary: Summary, text: str) -> None:

@@ -71,7 +71,8 @@ def test_click_defaults_are_the_dataclass_defaults(tmp_path):
     params = {p.name: p for p in extract_cmd.params}
     for f in dataclasses.fields(ExtractConfig):
         assert f.name in params, f"cli.py extract has no option for {f.name}"
-        assert params[f.name].default == getattr(defaults, f.name), f.name
+        parsed = ExtractConfig(**{f.name: params[f.name].default})  # e.g. "--extensions .mp4,.avi" -> a tuple
+        assert getattr(parsed, f.name) == getattr(defaults, f.name), f.name
     assert params["cache_dir"].default == DEFAULT_CACHE
     # and what click parses with no options is exactly the default config
     ctx = extract_cmd.make_context("extract", [str(tmp_path)])

@@ -99,3 +99,107 @@ def test_a_frame_decoding_failure_never_reaches_audio_or_text_sets(tmp_path):
     out = process(Task("junk", str(junk), ("audio", "frames", "text"), [lib, fst, txt], "hello", "csv"), bad)
     assert out["results"][lib.key].startswith("decode failed") and out["results"][fst.key].startswith("decode failed")
     assert isinstance(out["results"][txt.key], Feature)
+
+
+# -- C: every file is either a clip or reported; symlinked folders; a wide extension list ------------
+
+CONTAINERS = {  # extension -> (video codec, audio codec, audio rate) that this FFmpeg can write
+    ".3gp": ("libx264", "aac", 16000), ".ts": ("libx264", "aac", 16000), ".mts": ("libx264", "aac", 16000),
+    ".m2ts": ("libx264", "aac", 16000), ".wmv": ("wmv2", None, 0), ".mpg": ("mpeg1video", "mp2", 16000),
+    ".mpeg": ("mpeg2video", "mp2", 16000), ".m4v": ("mpeg4", None, 0), ".ogg": (None, "libopus", 48000),
+    ".opus": (None, "libopus", 48000), ".aac": (None, "aac", 16000),
+}
+
+
+def test_the_default_extensions_cover_the_containers_people_bring(tmp_path):
+    from extract import ExtractConfig, extract
+    from extract.synth import frames_pattern, write_media
+
+    assert set(CONTAINERS) <= set(ExtractConfig().extensions)
+    videos = tmp_path / "v"
+    for i, (ext, (vcodec, acodec, rate)) in enumerate(CONTAINERS.items()):
+        write_media(videos / f"c{i}{ext}", frames_pattern(15, (48, 64), seed=i) if vcodec else None, 25,
+                    tone(0.8, rate, freq=150 + 20 * i) if acodec else None, rate or 16000, vcodec=vcodec, acodec=acodec)
+    summary = extract(videos, tmp_path / "cache", features="librosa,frame-stats", progress=False)
+    c = FeatureCache(tmp_path / "cache")
+    lib, fst = c.feature_set(c.resolve("librosa")), c.feature_set(c.resolve("frame-stats"))
+    for i, (ext, (vcodec, acodec, _)) in enumerate(CONTAINERS.items()):
+        assert (f"c{i}" in lib.done_ids()) == bool(acodec), ext
+        assert (f"c{i}" in fst.done_ids()) == bool(vcodec), ext
+    assert summary.files_skipped == [] and summary.clips == len(CONTAINERS)
+
+
+def test_symlinked_folders_are_followed_once_and_loops_end(tmp_path):
+    from extract import extract
+
+    videos, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    make_clip(videos / "a.mp4", seconds=0.4, size=(32, 32))
+    make_clip(elsewhere / "b.mp4", seconds=0.4, size=(32, 32))
+    (videos / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(videos, target_is_directory=True)  # videos/linked/loop -> videos
+    (videos / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    found = media.scan(videos)
+    assert sorted(found.files) == ["a", "linked/b"]
+    reasons = {p.relative_to(videos).as_posix(): why for p, why in found.skipped}
+    assert reasons == {"linked/loop": media.SEEN_FOLDER, "gone.mp4": media.BROKEN_LINK}
+    summary = extract(videos, tmp_path / "cache", features="librosa", progress=False)
+    assert FeatureCache(tmp_path / "cache").feature_set(summary.keys[0]).done_ids() == {"a", "linked/b"}
+    assert ("gone.mp4", "broken symlink") in summary.files_skipped
+
+
+def test_the_summary_says_what_was_skipped_and_which_extensions_were_seen(tmp_path):
+    videos = tmp_path / "v"
+    make_clip(videos / "a.mp4", seconds=0.4, size=(32, 32))
+    make_clip(videos / "b.wav", seconds=0.4, video=False)
+    (videos / "notes.txt").write_text("x")
+    (videos / "take1.mxv").write_bytes(b"\0" * 10)
+    (videos / "._a.mp4").write_bytes(b"\0" * 10)  # macOS resource fork: not media
+    (videos / ".hidden").mkdir()
+    make_clip(videos / ".hidden" / "c.mp4", seconds=0.4, size=(32, 32))
+    res = run(["extract", str(videos), "--cache", str(tmp_path / "cache"), "--features", "librosa", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "2 clips in" in res.output
+    assert "skipped 4 files under" in res.output
+    assert "2 extension not in --extensions" in res.output and "2 hidden" in res.output
+    assert "notes.txt: extension not in --extensions" in res.output and "take1.mxv" in res.output
+    seen = res.output.split("extensions seen: ", 1)[1].splitlines()[0]
+    assert {part.rsplit(" ", 1)[0] for part in seen.split(", ")} == {".mp4", ".wav", ".txt", ".mxv"}
+    # --extensions replaces the list: the .mxv file is now a clip (and a recorded failure: not media)
+    res = run(["extract", str(videos), "--cache", str(tmp_path / "cache2"), "--features", "librosa",
+               "--extensions", "mp4,.MXV", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    c = FeatureCache(tmp_path / "cache2")
+    fs = c.feature_set(c.resolve("librosa"))
+    assert fs.done_ids() == {"a"} and "decode failed" in fs.failures()["take1"]
+    assert "b.wav: extension not in --extensions" in res.output
+
+
+def test_a_folder_without_media_is_a_usage_error_naming_it_and_the_extensions(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run(["extract", str(empty), "--cache", str(tmp_path / "c"), "--features", "librosa", "--no-progress"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"no media files in {empty}" in res.output and ".mp4" in res.output and ".3gp" in res.output
+    assert "it is empty" in res.output
+    (empty / "a.wav").write_bytes(b"RIFF")
+    res = run(["extract", str(empty), "--cache", str(tmp_path / "c"), "--features", "librosa", "--extensions", ".mp4",
+               "--no-progress"])
+    assert res.exit_code == 2 and "looked for .mp4," in res.output and ".wav 1" in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_names_that_differ_only_by_unicode_form_are_reported_with_code_points(tmp_path):
+    import unicodedata
+
+    videos = tmp_path / "v"
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    make_clip(videos / f"{nfc}.mp4", seconds=0.4, size=(32, 32))
+    try:
+        make_clip(videos / f"{nfd}.mp4", seconds=0.4, size=(32, 32))
+    except OSError:
+        pytest.skip("this file system folds NFC and NFD names")
+    if len(list(videos.iterdir())) < 2:
+        pytest.skip("this file system folds NFC and NFD names")
+    res = run(["extract", str(videos), "--cache", str(tmp_path / "c"), "--features", "librosa", "--no-progress"])
+    assert res.exit_code == 1  # the only clip id is ambiguous
+    assert "U+00E9" in res.output and "U+0301" in res.output and "not NFC" in res.output
