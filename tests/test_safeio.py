@@ -132,23 +132,6 @@ def test_annotator_non_utf8_is_one_clear_error(tmp_path):
     assert load_annotator(bom).answers["a"].label == "happy" and not load_annotator(bom).problems
 
 
-def test_annotator_cli_reports_non_utf8_without_traceback(tmp_path):
-    """`pseudo-label` and `ensemble` catch AnnotatorError: the user sees one line naming the file."""
-    from click.testing import CliRunner
-
-    import cli
-
-    j = tmp_path / "ann.jsonl"
-    j.write_bytes(b'{"name": "\xff", "label": "sad"}\n')
-    run = tmp_path / "run"
-    run.mkdir()
-    result = CliRunner().invoke(cli.main, ["pseudo-label", str(run), "--cache", str(tmp_path / "cache"),
-                                           "--annotator", str(j), "--out", str(tmp_path / "p.csv")])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
-    assert f"annotator file {j} is not UTF-8 text (line 1" in result.output
-    assert "Traceback" not in result.output
-
-
 IDS = ["plain", "com,ma", 'quo"te', "new\nline", "-dash", "two words", "naïve ünï", "中文"]
 
 
@@ -185,3 +168,25 @@ def test_write_annotator_refuses_what_it_cannot_write(tmp_path):
         write_annotator(target, [{"name": "a", "label": "happy"}, {"name": "", "label": "sad"}])
     assert target.read_text() == "old\n"  # nothing half-written
     assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
+
+
+def test_vlm_answers_deeply_nested_are_a_failure_not_a_crash(tmp_path):
+    from extract.media import Clip
+    from extract.registry import ExtractionError, build, load_all
+    from extract.vlm import VLMError
+    from extract.vlm.answer import AnswerError, parse_answer
+
+    load_all()
+    with pytest.raises(AnswerError, match="not a valid JSON object"):
+        parse_answer('{"label": "happy", "x": ' + "[" * 10_000 + "]" * 10_000 + "}", MER)
+    f = tmp_path / "answers.jsonl"
+    f.write_text(json.dumps({"name": "a", "label": "happy"}) + "\n"
+                 + '{"name": "b", "label": "sad", "x": ' + "[" * 10_000 + "]" * 10_000 + "}\n")
+    ex = build(f"vlm:provider=jsonl,path={f}").ensure_loaded()
+    assert ex.extract(Clip(id="a", path="x")).record["label"] == "happy"
+    with pytest.raises(ExtractionError, match=r"answers.jsonl:2: unreadable line .*nested 10001 levels deep"):
+        ex.extract(Clip(id="b", path="x"))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"name": "caf\xe9", "label": "sad"}\n'.encode("latin-1"))
+    with pytest.raises(VLMError, match=f"answers file {latin} is not UTF-8 text"):
+        build(f"vlm:provider=jsonl,path={latin}").ensure_loaded()

@@ -10,6 +10,8 @@ import json
 import math
 import re
 
+from ..safeio import loads_json
+
 RAW_LIMIT = 4000  # characters of raw text kept in a failure reason
 
 
@@ -33,8 +35,8 @@ def find_json(text: str):
         candidates.append(text[start:end + 1])
     for c in candidates:
         try:
-            value = json.loads(c)
-        except (json.JSONDecodeError, ValueError):
+            value = loads_json(c, ValueError, "answer")  # depth-limited: a deeply nested answer is no crash
+        except ValueError:
             continue
         if isinstance(value, dict):
             return value

@@ -4,7 +4,8 @@ One JSON object per line: ``name`` (clip id or file stem), ``label``, and option
 ({class: number}) and ``reasoning``. Each answer goes through the same checks as a live model's
 (label among the classes ...). A clip without a line is a recorded failure ("no answer"); an
 unreadable line is named (file:line) in the failure of its clip when its name can be read, and
-counted in the provenance otherwise. The file's sha256 is part of the cache key: an edited file
+counted in the provenance otherwise (as is a line longer than ``MAX_LINE_CHARS`` or nested deeper
+than 64 levels; a file that is not UTF-8 is a VLMError naming it). The file's sha256 is part of the cache key: an edited file
 gives a new feature set.
 """
 from __future__ import annotations
@@ -13,7 +14,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..safeio import bounded_lines, clip, loads_json
 from . import Provider, Reply, Request, VLMCallError, VLMError, register_provider
+
+MAX_LINE_CHARS = 1_000_000  # a longer line is counted as unreadable
 
 
 @register_provider
@@ -34,20 +38,26 @@ class JsonlProvider(Provider):
         self.answers: dict[str, str] = {}
         self.problems: dict[str, str] = {}
         self.unreadable = 0
-        with open(path, encoding="utf-8-sig") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    name = str(obj["name"]).strip()
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    self.unreadable += 1
-                    name = _name_guess(line)
-                    if name:
-                        self.problems[name] = f"{path}:{n}: unreadable line ({type(exc).__name__}: {exc})"
-                    continue
-                self.answers[name] = line.strip()
+        try:
+            with open(path, encoding="utf-8-sig") as fh:
+                for n, line in bounded_lines(fh, MAX_LINE_CHARS):
+                    if line is None:
+                        self.unreadable += 1
+                        continue
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = loads_json(line, ValueError, "line", max_chars=MAX_LINE_CHARS)
+                        name = str(obj["name"]).strip()
+                    except (ValueError, KeyError, TypeError) as exc:
+                        self.unreadable += 1
+                        name = _name_guess(line)
+                        if name:
+                            self.problems[name] = f"{path}:{n}: unreadable line ({type(exc).__name__}: {clip(exc)})"
+                        continue
+                    self.answers[name] = line.strip()
+        except UnicodeDecodeError as exc:
+            raise VLMError(f"answers file {path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
     def ask(self, request: Request) -> Reply:
         cid = request.clip_id
