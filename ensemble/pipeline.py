@@ -97,14 +97,14 @@ class EnsemblePipeline:
                 "rules": self.rules.describe()}
 
 
-def tuning_folds(y: np.ndarray, n_splits: int, seed: int):
-    from sklearn.model_selection import KFold, StratifiedKFold
+def tuning_folds(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Folds of the tuning rows: stratified when every class present has ``n_splits`` rows, else plain."""
+    from models.folds import split
 
     counts = np.bincount(y)
     counts = counts[counts > 0]
-    if len(counts) > 1 and counts.min() >= n_splits:
-        return StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
-    return KFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)))
+    stratify = len(counts) > 1 and counts.min() >= n_splits
+    return split(n_splits, seed, y=y if stratify else None, n_rows=len(y))
 
 
 def cross_fit(pipeline: EnsemblePipeline, split, y, n_splits: int = 5, seed: int = 0):

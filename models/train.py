@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
+from models import folds
 from models.baseline import AttentionBaseline
 from models.data import FeatureData, InputError
 from models.lgbm import LGBMExpert, crossfit_proba, log_proba
@@ -110,16 +110,13 @@ def deterministic():
 
 
 def make_folds(y, groups, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    idx = np.zeros(len(y))
+    """The outer CV folds: stratified, and grouped when ``groups`` are given (models.folds)."""
     if groups is not None:
         n_groups = len(set(groups))
         if n_groups < k:
             raise InputError(f"--groups: only {n_groups} distinct groups for --folds {k}; "
                              f"lower --folds to at most {n_groups}")
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return [(tr, va) for tr, va in splitter.split(idx, y, groups)]
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(tr, va) for tr, va in splitter.split(idx, y)]
+    return folds.split(k, seed, y=y, groups=groups)
 
 
 def class_weights(y, n_classes: int, mode: str) -> np.ndarray:

@@ -183,6 +183,21 @@ def test_tuning_folds_give_the_splits_they_gave():
             assert same_splits(list(tuning_folds(labels, 5, seed)), old_tuning_folds(labels, 5, seed))
 
 
+def test_the_fold_factory_is_the_one_all_three_use():
+    from models import folds
+
+    _, y = vectors(40, 3, 0)
+    g = np.arange(40) % 8
+    assert type(folds.make_splitter(4, 0, y=y, groups=g)) is StratifiedGroupKFold
+    assert type(folds.make_splitter(4, 0, y=y)) is StratifiedKFold
+    assert type(folds.make_splitter(4, 0)) is KFold
+    assert same_splits(folds.split(4, 2, y=y, groups=g),
+                       list(StratifiedGroupKFold(4, shuffle=True, random_state=2).split(np.zeros(40), y, g)))
+    assert same_splits(folds.split(4, 2, n_rows=40), list(KFold(4, shuffle=True, random_state=2).split(np.zeros(40))))
+    with pytest.raises(ValueError, match="groups need y"):
+        folds.make_splitter(4, 0, groups=g)
+
+
 # -- 4. torchvision.ops.box_iou -------------------------------------------------------------------
 
 def random_boxes(rng, n):
