@@ -42,6 +42,9 @@ class DecodeConfig:
     max_frames: int = 64  # cap; a longer clip gets max_frames spread evenly over its length
     max_side: int = 640  # frames are downscaled so that their longer side is at most this
     max_seconds: float | None = None  # decode only the first N seconds (None: everything)
+    # frames are turned upright by the stream's display matrix (phone videos); part of the key of
+    # frame extractors, so values from sideways frames (before this existed) never mix with these
+    upright: bool = True
 
     def for_needs(self, needs) -> dict:
         """The decode parameters that change what an extractor with these needs receives."""
@@ -49,7 +52,7 @@ class DecodeConfig:
         if "audio" in needs:
             out.update(sample_rate=self.sample_rate)
         if "frames" in needs:
-            out.update(fps=self.fps, max_frames=self.max_frames, max_side=self.max_side)
+            out.update(fps=self.fps, max_frames=self.max_frames, max_side=self.max_side, upright=self.upright)
         if ("audio" in needs or "frames" in needs) and self.max_seconds is not None:
             out.update(max_seconds=self.max_seconds)
         return out
@@ -68,6 +71,9 @@ class Clip:
     text: str | None = None  # transcript, when one was given
     text_source: str | None = None
     duration: float | None = None
+    # counter-clockwise degrees (0, 90, 180, 270) the frames were turned to be upright, from the
+    # video stream's display matrix; 0 when it has none (or DecodeConfig.upright is False)
+    rotation: int = 0
     # why a stream is absent, e.g. "no audio stream": an extractor that needs it fails with this
     missing: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
@@ -306,6 +312,8 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
         if frames:
             clip.frames = np.stack(frames)
             clip.frame_times = np.asarray(times, dtype=np.float64)
+            clip.rotation = sampler.rotation
+            clip.info["video"]["rotation"] = sampler.rotation
         else:
             clip.missing["frames"] = "no video frame could be decoded"
     return clip
@@ -322,6 +330,7 @@ class _FrameSampler:
         self.targets, self.config, self.vstream = targets, config, vstream
         self.next_target = 0
         self.n_video = 0
+        self.rotation = 0
 
     def add(self, frame, t, frames: list, times: list) -> None:
         config = self.config
@@ -338,7 +347,12 @@ class _FrameSampler:
             while self.next_target < len(targets) and targets[self.next_target] <= t + 1e-6:
                 self.next_target += 1
         w, h = _resized(frame.width, frame.height, config.max_side)
-        frames.append(frame.reformat(width=w, height=h, format="rgb24").to_ndarray())
+        img = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+        turns = round(getattr(frame, "rotation", 0) / 90) % 4 if config.upright else 0
+        if turns:  # the display matrix says: show this frame turned counter-clockwise
+            img = np.ascontiguousarray(np.rot90(img, turns))
+        self.rotation = 90 * turns
+        frames.append(img)
         times.append(float(t))
 
 

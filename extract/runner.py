@@ -59,6 +59,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     files_skipped: list[tuple[str, str]] = field(default_factory=list)  # (path under video_dir, why)
     extensions_seen: dict[str, int] = field(default_factory=dict)  # every file's extension -> count
+    rotated: dict[str, int] = field(default_factory=dict)  # clip id -> degrees its frames were turned upright
     compute_seconds: Counter = field(default_factory=Counter)  # summed in workers: "decode" and per key
 
     @property
@@ -150,6 +151,7 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
         clip = media.Clip(id=task.id, path=task.path)
         clip.missing.update({need: decode_failure for need in media_needs})
     out["seconds"]["decode"] = time.perf_counter() - t0
+    out["rotation"] = clip.rotation
     clip.text, clip.text_source = task.text, task.text_source
     if task.text is None:
         clip.missing["text"] = "no transcript for this clip"
@@ -295,6 +297,10 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
             runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
             for out in runner(delayed(process)(t, decode_config, threads) for t in tasks):
                 summary.decoded += int(out["decoded"])
+                if out.get("rotation"):
+                    summary.rotated[out["id"]] = out["rotation"]
+                    log.info("%s: frames turned %d degrees counter-clockwise (display matrix)", out["id"],
+                             out["rotation"])
                 summary.compute_seconds.update(out["seconds"])
                 for key, value in out["results"].items():
                     if isinstance(value, Feature):
@@ -321,6 +327,10 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
             for w in writers.values():
                 compact(w.fs, min_shards=compact_min_shards)
                 _record_dims(cache, w)
+    if summary.rotated:
+        turns = Counter(summary.rotated.values())
+        _note(summary, f"{len(summary.rotated)} clips carry a display rotation; their frames were turned upright ("
+              + ", ".join(f"{deg} degrees counter-clockwise: {n}" for deg, n in sorted(turns.items())) + ")")
     close_loaded()
     summary.seconds = time.perf_counter() - start
     return summary

@@ -203,3 +203,65 @@ def test_names_that_differ_only_by_unicode_form_are_reported_with_code_points(tm
     res = run(["extract", str(videos), "--cache", str(tmp_path / "c"), "--features", "librosa", "--no-progress"])
     assert res.exit_code == 1  # the only clip id is ambiguous
     assert "U+00E9" in res.output and "U+0301" in res.output and "not NFC" in res.output
+
+
+# -- B: phone videos come out upright ------------------------------------------------------------
+
+def write_rotated(path: Path, degrees: int, n: int = 5, size=(32, 64)) -> Path:
+    """A clip whose frames have a white top half, with a display matrix saying: show it turned
+    ``degrees`` counter-clockwise (as phones write it; PyAV reads it back as frame.rotation)."""
+    import av
+
+    h, w = size
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2] = 255
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=5)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.set_display_rotation(degrees)
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 5)
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    return path
+
+
+def white_side(frame: np.ndarray) -> str:
+    gray = frame.mean(axis=2)
+    h, w = gray.shape
+    halves = {"top": gray[: h // 2], "bottom": gray[h - h // 2:], "left": gray[:, : w // 2], "right": gray[:, w - w // 2:]}
+    return max(halves, key=lambda k: halves[k].mean())
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+@pytest.mark.parametrize("degrees,shape,side", [(0, (32, 64), "top"), (90, (64, 32), "left"),
+                                                 (-90, (64, 32), "right"), (180, (32, 64), "bottom")])
+def test_display_rotation_is_applied_and_recorded(tmp_path, ext, degrees, shape, side):
+    path = write_rotated(tmp_path / f"r{ext}", degrees)
+    clip = media.decode(path, "r", ("frames",), media.DecodeConfig(fps=5))
+    assert clip.frames.shape[1:3] == shape
+    assert all(white_side(f) == side for f in clip.frames)
+    assert clip.rotation == degrees % 360 and clip.info["video"]["rotation"] == degrees % 360
+    raw = media.decode(path, "r", ("frames",), media.DecodeConfig(fps=5, upright=False))
+    assert raw.frames.shape[1:3] == (32, 64) and white_side(raw.frames[0]) == "top" and raw.rotation == 0
+
+
+def test_upright_frames_get_their_own_key_and_the_run_says_which_clips_were_turned(tmp_path):
+    from extract import extract
+    from extract.registry import build, load_all
+
+    load_all()
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_rotated(videos / "phone.mp4", -90)
+    write_rotated(videos / "plain.mp4", 0)
+    summary = extract(videos, tmp_path / "cache", features="frame-stats", progress=False)
+    assert summary.rotated == {"phone": 270}
+    assert any("1 clips carry a display rotation" in n and "270 degrees" in n for n in summary.notes)
+    meta = FeatureCache(tmp_path / "cache").feature_set(summary.keys[0]).meta
+    assert meta["decode"]["upright"] is True
+    assert build("frame-stats").key != build("frame-stats", decode=media.DecodeConfig(upright=False)).key
+    assert build("librosa").key == build("librosa", decode=media.DecodeConfig(upright=False)).key
