@@ -116,8 +116,45 @@ def run_order(extractors: list[Extractor]) -> list[Extractor]:
     return done
 
 
-def process(task: Task, config: media.DecodeConfig, threads: int = 1) -> dict:
-    """Decode one clip (only what its pending extractors need) and run them. Runs in a worker.
+_WATCHED: int | None = None  # the main process this worker's watchdog watches
+
+
+def watch_parent(parent: int | None, poll: float = 0.5) -> None:
+    """In a worker process: start (once) a daemon thread that ends this process as soon as the main
+    process ``parent`` is gone, so killing the main process never leaves workers computing and
+    holding memory (loky's workers only notice a dead parent between tasks). Linux's
+    PR_SET_PDEATHSIG is not used: it fires when the *thread* that started the worker ends, and loky
+    starts workers from whichever thread needs one."""
+    global _WATCHED
+    if parent is None or parent == os.getpid() or _WATCHED == parent:
+        return
+    _WATCHED = parent
+    direct = os.getppid() == parent
+
+    def alive() -> bool:
+        if direct:  # re-parented (to init or a subreaper) once the parent died
+            return os.getppid() == parent
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(poll)
+        os._exit(1)
+
+    import threading
+
+    threading.Thread(target=watch, name="moe-parent-watchdog", daemon=True).start()
+
+
+def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: int | None = None) -> dict:
+    """Decode one clip (only what its pending extractors need) and run them. Runs in a worker;
+    ``parent`` is the main process's pid (a worker exits when it dies, see :func:`watch_parent`).
 
     BLAS (numpy's OpenBLAS) gets the same fixed thread count as torch while the clip is processed:
     its idle threads busy-wait after every call, and with the default of one thread per core they
@@ -126,6 +163,7 @@ def process(task: Task, config: media.DecodeConfig, threads: int = 1) -> dict:
     """
     from threadpoolctl import threadpool_limits
 
+    watch_parent(parent)
     with threadpool_limits(limits=threads, user_api="blas"):
         return _process(task, config, threads)
 
@@ -295,7 +333,8 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         try:
             runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
-            for out in runner(delayed(process)(t, decode_config, threads) for t in tasks):
+            main_pid = os.getpid()
+            for out in runner(delayed(process)(t, decode_config, threads, main_pid) for t in tasks):
                 summary.decoded += int(out["decoded"])
                 if out.get("rotation"):
                     summary.rotated[out["id"]] = out["rotation"]

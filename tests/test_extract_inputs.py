@@ -265,3 +265,63 @@ def test_upright_frames_get_their_own_key_and_the_run_says_which_clips_were_turn
     assert meta["decode"]["upright"] is True
     assert build("frame-stats").key != build("frame-stats", decode=media.DecodeConfig(upright=False)).key
     assert build("librosa").key == build("librosa", decode=media.DecodeConfig(upright=False)).key
+
+
+# -- E: no orphans --------------------------------------------------------------------------------
+
+def _gone(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from extract.synth import write_media
+
+    videos = tmp_path / "v"
+    for i in range(4):  # pyin on 40 s of audio keeps a worker busy far longer than the bound below
+        write_media(videos / f"long{i}.wav", audio=tone(40.0, 16000, freq=140 + 30 * i, seed=i), rate=16000)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "extract", str(videos), "--cache",
+                             str(tmp_path / "cache"), "--features", "librosa:pitch=pyin", "--jobs", "2",
+                             "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main = psutil.Process(proc.pid)
+    workers = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:  # until two workers are computing
+            busy = []
+            for child in main.children(recursive=True):
+                try:
+                    if child.cpu_times().user > 1.0 and "python" in child.name().lower():
+                        busy.append(child)
+                except psutil.NoSuchProcess:
+                    pass
+            if len(busy) >= 2:
+                workers = busy
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the workers never started computing"
+        descendants = main.children(recursive=True)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 8
+        while time.time() < deadline and not all(_gone(p) for p in descendants):
+            time.sleep(0.1)
+        left = [p.pid for p in descendants if not _gone(p)]
+        assert not left, f"processes {left} outlived their killed parent"
+    finally:
+        for p in [main, *workers]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
