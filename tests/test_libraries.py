@@ -130,6 +130,50 @@ def test_crossfit_is_what_the_hand_made_inner_folds_gave(grouped):
     np.testing.assert_array_equal(crossfit_proba(x, y, None, few, 3, 1), old_crossfit(x, y, None, few, 3, 1))
 
 
+def test_crossfit_with_a_class_missing_from_training_folds():
+    """A rare class (one row) is absent from the training rows of the inner fold that predicts that
+    row: LightGBM's estimator trains there on the classes it sees (the hand-made booster trained a
+    softmax with a dead class), and the columns are laid on the run's classes by ``classes_``. The
+    other folds give exactly what they gave."""
+    from models.lgbm import crossfit_proba, log_proba
+
+    x, y = vectors(40, 3, 5)
+    y[0] = 3
+    got = crossfit_proba(x, y, None, None, 4, 0)
+    want = old_crossfit(x, y, None, None, 4, 0)
+    with pytest.warns(UserWarning, match="least populated"):   # the inner folds: k = 3, as crossfit picks
+        fold0 = next(va for _, va in StratifiedKFold(3, shuffle=True, random_state=0).split(x, y) if 0 in va)
+    others = np.setdiff1d(np.arange(40), fold0)
+    np.testing.assert_array_equal(got[others], want[others])
+    assert got.shape == (40, 4) and (got[fold0, 3] == 0).all()
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-9)
+    # the unseen class's log-probability is the floor, as the dead class's ~1e-15 gave it
+    np.testing.assert_array_equal(log_proba(got)[fold0, 3], log_proba(want)[fold0, 3])
+    assert (got[fold0].argmax(axis=1) == want[fold0].argmax(axis=1)).mean() > 0.8
+
+
+def test_crossfit_with_a_class_of_the_run_never_seen():
+    from models.lgbm import LOG_FLOOR, crossfit_proba, log_proba
+
+    x, y = vectors(40, 3, 5)
+    got = crossfit_proba(x, y, None, None, 5, 0)        # classes 3 and 4 have no row at all
+    assert got.shape == (40, 5) and (got[:, 3:] == 0).all()
+    np.testing.assert_array_equal(log_proba(got)[:, 3:], np.full((40, 2), LOG_FLOOR, np.float32))
+    np.testing.assert_array_equal(got[:, :3], crossfit_proba(x, y, None, None, 3, 0))
+
+
+def test_crossfit_survives_a_training_fold_with_a_single_class():
+    from models.lgbm import crossfit_proba
+
+    x, y = vectors(12, 1, 6)
+    y = np.zeros(12, np.int64)
+    y[3] = 1                                     # the inner fold holding row 3 trains on class 0 only
+    got = crossfit_proba(x, y, None, None, 3, 0)
+    assert got.shape == (12, 3) and np.isfinite(got).all()
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-9)
+    assert got[3, 0] == pytest.approx(1.0) and (got[:, 2] == 0).all()
+
+
 def test_lgbm_expert_is_deterministic_and_survives_a_save():
     import lightgbm as lgb
 
@@ -147,6 +191,21 @@ def test_lgbm_expert_is_deterministic_and_survives_a_save():
     loaded = LGBMExpert.from_string(old.model_to_string(), 3)
     np.testing.assert_array_equal(loaded.predict_proba(x), old_predict(old, x, 3))
     assert isinstance(loaded.booster_, lgb.Booster) and loaded.n_classes == 3
+
+
+def test_lgbm_expert_fitted_without_a_class_keeps_every_column_through_a_save():
+    from models.lgbm import LGBMExpert
+
+    x, y = vectors(60, 3, 9)
+    y = np.where(y == 1, 3, y)                   # classes 0, 2, 3 of 5
+    e = LGBMExpert(5, seed=0).fit(x, y)
+    p = e.predict_proba(x)
+    assert p.shape == (60, 5) and (p[:, [1, 4]] == 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    assert (p.argmax(axis=1) == y).mean() > 0.9
+    again = LGBMExpert.from_string(e.to_string(), 5)
+    np.testing.assert_array_equal(again.predict_proba(x), p)
+    np.testing.assert_array_equal(again.classes_, [0, 2, 3])
 
 
 # -- 2. one fold factory --------------------------------------------------------------------------
