@@ -47,12 +47,16 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"],
                                                              "show_default": True})
-def main():
+@click.option("--verbose", "-v", is_flag=True, help="Also print notes and other libraries' log messages.")
+def main(verbose):
     """Multimodal emotion recognition from video: cache frozen embeddings once, train small expert
     heads and a Mixture-of-Experts router on the cache, use unlabeled clips through consensus
     pseudo-labels, and write voted, re-ranked predictions (after "More Is Better", MER2025-SEMI).
 
     Chain: extract VIDEO_DIR -> fit -> (pseudo-label -> fit --pseudo) -> ensemble -> evaluate."""
+    from extract.logs import setup_cli_logging
+
+    setup_cli_logging(verbose)
 
 
 @click.command("demo")
@@ -71,49 +75,20 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
     """Run the whole chain on a small SYNTHETIC data set that it makes itself (no download):
     extract (offline default extractors) -> fit -> pseudo-label -> fit stage 2 -> ensemble with the
     sample rules -> evaluate. The data is synthetic: figures only show that the chain works."""
-    import time
-    from pathlib import Path
+    from extract.cli_errors import user_errors
+    from ensemble.demo import run_demo
 
-    from ensemble.cli_ensemble import ensemble, evaluate
-    from extract.cli_extract import extract_cmd
-    from extract.defaults import DEFAULT_FEATURES, default_feature_names
-    from extract.demo_data import make_demo_set
-    from models.cli_fit import fit
-    from models.cli_pseudo import pseudo_label
-
-    t0 = time.time()
-    out = Path(out_dir)
     step = lambda n, text: click.secho(f"\n[{n}/7] {text}", bold=True)  # noqa: E731
-    step(1, "making a SYNTHETIC data set (tones, a warped public-domain photo, template sentences)")
-    data = make_demo_set(out / "data", labeled_per_class, unlabeled_per_class)
-    click.echo(f"  {data['videos']}: {len(list(data['videos'].glob('*.mp4')))} clips; labels {data['labels']}")
-    cache = out / "cache"
-    step(2, f"extract {DEFAULT_FEATURES}")
-    ctx.invoke(extract_cmd, video_dir=str(data["videos"]), cache_dir=str(cache), features=(DEFAULT_FEATURES,),
-               transcripts=str(data["transcripts"]), jobs=jobs)
-    experts = default_feature_names()
-    common = dict(cache=str(cache), labels=str(data["labels"]), features=",".join(experts),
-                  groups="speaker", folds=4, epochs=epochs, normalize="pool", hidden=64, heads=4, threads=1)
-    stage1, stage2 = out / "run-stage1", out / "run-stage2"
-    step(3, f"fit stage 1 (MoE over {len(experts)} experts, speaker-grouped 4-fold CV)")
-    ctx.invoke(fit, out=str(stage1), **common)
-    pseudo = out / "pseudo.csv"
-    step(4, "pseudo-label: keep unlabeled clips where stage 1 and the (simulated) annotator agree")
-    ctx.invoke(pseudo_label, run_dir=str(stage1), cache=str(cache), annotator_path=str(data["annotator"]),
-               out=str(pseudo), min_confidence=min_confidence)
-    step(5, "fit stage 2 (labeled + pseudo-labeled clips, joint)")
-    ctx.invoke(fit, out=str(stage2), pseudo=str(pseudo), stage2="joint", **common)
-    preds = out / "predictions.csv"
-    step(6, "ensemble both runs (reliance vote) + the paper's rules (worried yields; annotator override)")
-    ctx.invoke(ensemble, run_dirs=(str(stage1), str(stage2)), out=str(preds), rules_spec="mer2025",
-               annotator=str(data["annotator"]))
-    step(7, "evaluate against the synthetic truth of the unlabeled clips")
-    report = out / "report"
-    ctx.invoke(evaluate, predictions=str(preds), labels_path=str(data["truth"]), out_dir=str(report),
-               runs=(str(stage1), str(stage2)))
-    click.secho(f"\ndemo finished in {time.time() - t0:.0f} s (SYNTHETIC data).", bold=True)
-    click.echo(f"  predictions: {preds}\n  report: {report / 'report.md'}\n  confusion matrix: "
-               f"{report / 'confusion.png'}\n  runs: {stage1}, {stage2}; cache: {cache}")
+    with user_errors():
+        res = run_demo(out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min_confidence, step=step)
+    click.echo(f"  experts (stage 1, out-of-fold weighted F1): " + ", ".join(
+        f"{r['member']} {r['weighted_f1']:.3f}" for r in res.stage1.metrics))
+    click.echo(f"  pseudo-labels kept: {res.pseudo.counts['kept']} of {res.pseudo.counts['candidates']}")
+    click.echo(f"  final predictions on the unlabeled clips: weighted F1 {res.report.metrics['weighted_f1']:.4f}, "
+               f"accuracy {res.report.metrics['accuracy']:.4f} (n={res.report.metrics['n']})")
+    click.secho(f"\ndemo finished in {res.seconds:.0f} s (SYNTHETIC data).", bold=True)
+    click.echo(f"  predictions: {res.ensemble.predictions}\n  report: {res.report.paths['report']}\n  confusion matrix: "
+               f"{res.report.paths['confusion']}\n  runs: {res.stage1.run_dir}, {res.stage2.run_dir}; cache: {res.cache}")
 
 
 main.add_command(demo)

@@ -1,1 +1,20 @@
+"""Voting, re-ranking and evaluation over the RUN_DIRs that ``fit`` publishes.
 
+The Python API of this stage (imported on first use, so ``import ensemble`` stays cheap)::
+
+    from ensemble import ensemble, evaluate, EnsembleConfig
+"""
+from __future__ import annotations
+
+import importlib
+
+_API = {"ensemble": "ensemble.api", "evaluate": "ensemble.api", "EnsembleConfig": "ensemble.api",
+        "EnsembleResult": "ensemble.api", "EvaluationResult": "ensemble.api"}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'ensemble' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Read RUN_DIRs (written by ``cli.py fit``, see the RUN_DIR contract) into aligned member arrays.
+"""Published RUN_DIRs (read through models.run_dir, the format's only reader) -> aligned member arrays.
 
 A *member* is one probability source of one run: every expert, the fused expert and the routed
 output listed in the run's ``members.json``. Member names are prefixed with the run's folder name
@@ -20,19 +20,15 @@ the vote uses the members that are present.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from extract.tables import read_rows
+from models.run_dir import Run, RunDirError, open_run, peek_classes  # noqa: F401  (peek_classes: re-exported)
 
 PROB_TOL = 1e-3  # |row sum - 1| above this is renormalised and counted
-
-
-class RunDirError(ValueError):
-    """A RUN_DIR that does not follow the contract (message names the file and what to do)."""
 
 
 @dataclass
@@ -42,27 +38,6 @@ class Member:
     member: str
     kind: str  # expert | fused | routed
     feature: str | None = None
-
-
-@dataclass
-class RunDir:
-    path: Path
-    name: str
-    classes: list[str]
-    labels: dict[str, str]
-    members: list[dict]
-    config: dict
-    pseudo_ids: set[str] = field(default_factory=set)
-
-    def csv(self, split: str, member: str) -> Path:
-        return self.path / split / f"{member}.csv"
-
-    def provenance(self) -> dict:
-        cfg = self.config or {}
-        keep = {k: cfg[k] for k in ("features", "model", "head", "folds", "seeds", "groups", "normalize", "labels",
-                                    "cache", "pseudo", "pseudo_file", "provenance", "created") if k in cfg}
-        return {"path": str(self.path), "name": self.name, "classes": self.classes, "n_labels": len(self.labels),
-                "members": [m["member"] for m in self.members], **keep}
 
 
 @dataclass
@@ -80,7 +55,7 @@ class Split:
 
 @dataclass
 class MemberSet:
-    runs: list[RunDir]
+    runs: list[Run]
     classes: list[str]
     members: list[Member]
     tuning: Split
@@ -94,19 +69,11 @@ class MemberSet:
         return [m.name for m in self.members]
 
 
-# -- reading one RUN_DIR ---------------------------------------------------------------------------
-
-def _read_json(path: Path, what: str):
-    if not path.is_file():
-        raise RunDirError(f"{path} is missing: {what}. Is {path.parent} a RUN_DIR written by `cli.py fit`?")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{path} is not valid JSON ({exc}); re-run `cli.py fit` or fix the file") from exc
-
+# -- one member's probabilities --------------------------------------------------------------------
 
 def read_labels_csv(path: Path, classes: list[str] | None = None, notes: list[str] | None = None) -> dict[str, str]:
-    """``name,discrete[,...]`` -> {name: label}. Rows with an unknown class are skipped and noted."""
+    """A user's ground truth ``name,discrete[,...]`` -> {name: label}. Rows with an unknown class are
+    skipped and noted."""
     _, rows = read_rows(path, ("name", "discrete"), RunDirError, "labels file")
     out: dict[str, str] = {}
     bad = []
@@ -122,109 +89,9 @@ def read_labels_csv(path: Path, classes: list[str] | None = None, notes: list[st
     return out
 
 
-def peek_classes(path) -> list[str]:
-    """The class order of a RUN_DIR (cheap: reads classes.json only). Used to validate rules first."""
-    classes = _read_json(Path(path) / "classes.json", "the class order of the probability columns")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise RunDirError(f"{Path(path) / 'classes.json'} must be a non-empty JSON list of class names")
-    if len(set(classes)) != len(classes):
-        raise RunDirError(f"{Path(path) / 'classes.json'} lists a class twice: {classes}")
-    return classes
-
-
-def check_same_classes(paths, class_lists) -> list[str] | None:
-    """The first run's class order, once every other run has the same classes (in any order).
-
-    ``class_lists`` pairs with ``paths`` and may be lazy (e.g. ``map(peek_classes, paths)``): each run's
-    classes are only read after the runs before it agreed."""
-    first_path = first = None
-    for path, classes in zip(paths, class_lists):
-        if first is None:
-            first_path, first = path, classes
-        elif sorted(classes) != sorted(first):
-            raise RunDirError(f"{Path(path) / 'classes.json'} has classes {classes} but "
-                              f"{Path(first_path) / 'classes.json'} has {first}: runs to combine must share their "
-                              "classes")
-    return first
-
-
-def _pseudo_ids(run_path: Path, config: dict, notes: list[str]) -> set[str]:
-    """Ids that came from the run's pseudo-label file (config keys containing 'pseudo' naming a CSV)."""
-    out: set[str] = set()
-    for key, value in (config or {}).items():
-        if "pseudo" not in str(key).lower() or not isinstance(value, str) or not value:
-            continue
-        p = Path(value)
-        if not p.is_absolute() and not p.exists():
-            p = run_path / value
-        if p.is_file() and p.suffix.lower() == ".csv":
-            try:
-                _, rows = read_rows(p, ("name",), RunDirError, "pseudo-label file")
-            except (RunDirError, OSError) as exc:
-                notes.append(f"{run_path}/config.yaml names pseudo-label file {p} but it cannot be read ({exc})")
-                continue
-            out.update(n for n in ((r["name"] or "").strip() for r in rows) if n)
-        else:
-            notes.append(f"{run_path}/config.yaml names pseudo-label file {value} which is not here; "
-                         "its ids cannot be left out of tuning")
-    return out
-
-
-def load_run_dir(path, notes: list[str] | None = None) -> RunDir:
-    import yaml
-
-    notes = notes if notes is not None else []
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"RUN_DIR {path} does not exist (give folders written by `cli.py fit`)")
-    classes = peek_classes(path)
-    members = _read_json(path / "members.json", "the list of members of the run")
-    if not isinstance(members, list) or not members:
-        raise RunDirError(f"{path / 'members.json'} must be a non-empty JSON list of members")
-    for i, m in enumerate(members):
-        if not isinstance(m, dict) or not isinstance(m.get("member"), str) or not m.get("member"):
-            raise RunDirError(f"{path / 'members.json'} entry {i} has no 'member' name: {m!r}")
-    names = [m["member"] for m in members]
-    if len(set(names)) != len(names):
-        raise RunDirError(f"{path / 'members.json'} names a member twice: {names}")
-    config: dict = {}
-    cfg_path = path / "config.yaml"
-    if cfg_path.is_file():
-        try:
-            config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            notes.append(f"{cfg_path} is not valid YAML ({exc}); provenance of this run is incomplete")
-    else:
-        notes.append(f"{cfg_path} is missing; provenance of this run is incomplete")
-    labels = read_labels_csv(path / "labels.csv", classes, notes) if (path / "labels.csv").is_file() else {}
-    if not labels:
-        notes.append(f"{path / 'labels.csv'} is missing or empty: this run adds no tuning rows")
-    return RunDir(path=path, name=path.resolve().name, classes=classes, labels=labels, members=members,
-                  config=config if isinstance(config, dict) else {}, pseudo_ids=_pseudo_ids(path, config, notes))
-
-
-def read_probs(path: Path, classes: list[str], notes: list[str]) -> tuple[list[str], np.ndarray]:
-    """One ``name,<class>...`` probability CSV -> (ids, (n, C) float32) in ``classes`` order.
-
-    Rows with non-finite or negative values are dropped; rows not summing to 1 are renormalised;
-    both are counted in ``notes``. A header that does not match the classes is an error.
-    """
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype={"name": object}, keep_default_na=False, na_values=[""], engine="c",
-                         skipinitialspace=True)
-    except Exception as exc:
-        raise RunDirError(f"{path} cannot be read as CSV ({exc}); re-run `cli.py fit`") from exc
-    cols = list(df.columns)
-    if not cols or cols[0] != "name" or sorted(cols[1:]) != sorted(classes):
-        raise RunDirError(f"{path} has header {','.join(map(str, cols))} but classes.json says "
-                          f"name,{','.join(classes)}; the RUN_DIR is inconsistent: re-run `cli.py fit`")
-    ids = df["name"].to_numpy(dtype=object).tolist()  # object dtype: plain str, not pandas' arrow strings
-    try:
-        p = df[classes].to_numpy(dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise RunDirError(f"{path} has a non-numeric probability ({exc}); re-run `cli.py fit`") from exc
+def clean_probs(path, ids: list[str], p: np.ndarray, notes: list[str]) -> tuple[list[str], np.ndarray]:
+    """Rows with non-finite or negative values are dropped; rows not summing to 1 are renormalised;
+    both are counted in ``notes``."""
     ok = np.isfinite(p).all(axis=1) & (p >= 0).all(axis=1)
     sums = p.sum(axis=1)
     ok &= sums > 0
@@ -243,10 +110,26 @@ def read_probs(path: Path, classes: list[str], notes: list[str]) -> tuple[list[s
     return ids, p
 
 
+def check_same_classes(paths, class_lists) -> list[str] | None:
+    """The first run's class order, once every other run has the same classes (in any order).
+
+    ``class_lists`` pairs with ``paths`` and may be lazy (e.g. ``map(peek_classes, paths)``): each run's
+    classes are only read after the runs before it agreed."""
+    first_path = first = None
+    for path, classes in zip(paths, class_lists):
+        if first is None:
+            first_path, first = path, classes
+        elif sorted(classes) != sorted(first):
+            raise RunDirError(f"{Path(path) / 'classes.json'} has classes {classes} but "
+                              f"{Path(first_path) / 'classes.json'} has {first}: runs to combine must share their "
+                              "classes")
+    return first
+
+
 # -- all RUN_DIRs -> MemberSet ---------------------------------------------------------------------
 
-def _run_names(runs: list[RunDir]) -> None:
-    resolved = [r.path.resolve() for r in runs]
+def _run_names(runs: list[Run]) -> None:
+    resolved = [r.root.resolve() for r in runs]
     if len(set(resolved)) != len(resolved):
         dup = next(str(p) for p in resolved if resolved.count(p) > 1)
         raise RunDirError(f"RUN_DIR {dup} is given twice")
@@ -278,9 +161,9 @@ def load_members(run_dirs, target_ids: list[str] | None = None, progress: bool =
     notes: list[str] = []
     if not run_dirs:
         raise RunDirError("give at least one RUN_DIR")
-    runs = [load_run_dir(p, notes) for p in run_dirs]
+    runs = [open_run(p) for p in run_dirs]
     _run_names(runs)
-    classes = check_same_classes([r.path for r in runs], [r.classes for r in runs])
+    classes = check_same_classes([r.root for r in runs], [r.classes for r in runs])
     members = [Member(f"{r.name}/{m['member']}", r.name, m["member"], str(m.get("kind", "expert")), m.get("feature"))
                for r in runs for m in r.members]
 
@@ -288,13 +171,22 @@ def load_members(run_dirs, target_ids: list[str] | None = None, progress: bool =
     labels: dict[str, str] = {}
     source: dict[str, Path] = {}
     for r in runs:
-        for name, lab in r.labels.items():
+        run_labels = r.labels()
+        outside = sorted(n for n, lab in run_labels.items() if lab not in classes)
+        if outside:
+            notes.append(f"{r.root / 'labels.csv'}: {len(outside)} rows with a label outside the classes were "
+                         f"skipped (first: {outside[:3]})")
+        if not run_labels:
+            notes.append(f"{r.root / 'labels.csv'} is empty: this run adds no tuning rows")
+        for name, lab in run_labels.items():
+            if lab not in classes:
+                continue
             if name in labels and labels[name] != lab:
-                raise RunDirError(f"id {name} is '{labels[name]}' in {source[name] / 'labels.csv'} but '{lab}' in "
-                                  f"{r.path / 'labels.csv'}: runs to combine must agree on their labels")
+                raise RunDirError(f"id {name!r} is '{labels[name]}' in {source[name] / 'labels.csv'} but '{lab}' in "
+                                  f"{r.root / 'labels.csv'}: runs to combine must agree on their labels")
             labels[name] = lab
-            source.setdefault(name, r.path)
-    pseudo = set().union(*(r.pseudo_ids for r in runs))
+            source.setdefault(name, r.root)
+    pseudo = set().union(*(r.pseudo_ids() for r in runs))
 
     # read every member's CSVs once
     oof_data, test_data = [], []
@@ -302,12 +194,13 @@ def load_members(run_dirs, target_ids: list[str] | None = None, progress: bool =
               disable=not progress, leave=False)
     for mem, run in it:
         for split, store in (("oof", oof_data), ("test", test_data)):
-            path = run.csv(split, mem.member)
-            if path.is_file():
-                store.append(read_probs(path, classes, notes))
+            if run.has_probs(split, mem.member):
+                path = run.probs_path(split, mem.member)
+                store.append(clean_probs(path, *run.probs(split, mem.member, classes), notes))
             else:
                 if split == "oof" or mem.kind != "expert":
-                    notes.append(f"{path} is missing: member {mem.name} has no {split} rows")
+                    notes.append(f"{run.probs_path(split, mem.member)} is missing: member {mem.name} has no "
+                                 f"{split} rows")
                 store.append(([], np.zeros((0, len(classes)), np.float32)))
 
     if target_ids is None:

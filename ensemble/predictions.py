@@ -10,20 +10,24 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from extract.cache import atomic_open
+from extract.errors import UserError
+from extract.safeio import clip
+from extract.outputs import read_record
 
 from .reranking import State
 
 HEADER = ["name", "discrete"]
 
 
-class PredictionsError(ValueError):
-    pass
+class PredictionsError(UserError, ValueError):
+    """A predictions file or an ensemble option that cannot be used (message names the file)."""
 
 
 def sidecar_paths(out) -> dict[str, Path]:
@@ -63,9 +67,20 @@ def write_predictions(out, ids, labels, classes, result=None, meta: dict | None 
                             f"{margin[i]:.6f}", changed[i]] + [f"{x:.6f}" for x in final.scores[i]])
 
         _atomic_write(paths["details"], details)
-    if meta is not None:
+    if meta is not None:  # last: it records the checksum of the predictions it describes
+        meta = dict(meta, predictions_sha256=_sha256(out))
         _atomic_write(paths["meta"], lambda fh: json.dump(meta, fh, indent=2, default=str))
     return paths
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def verify_meta(predictions_path, meta: dict) -> bool:
+    """Does the meta sidecar describe this predictions file (a killed or another run leaves a mismatch)?"""
+    want = meta.get("predictions_sha256")
+    return want is None or want == _sha256(predictions_path)
 
 
 def read_predictions(path) -> dict[str, str]:
@@ -80,22 +95,16 @@ def read_predictions(path) -> dict[str, str]:
             raise PredictionsError(f"{path} has header {header}; expected `name,discrete`")
         out: dict[str, str] = {}
         for lineno, row in enumerate(reader, 2):
-            if not row or not row[0].strip():
+            if not row or not row[0]:
                 continue
             if len(row) < 2:
                 raise PredictionsError(f"{path}:{lineno}: row {row} has no label")
-            name = row[0].strip()
+            name = row[0]
             if name in out:
-                raise PredictionsError(f"{path}:{lineno}: id {name} appears twice")
+                raise PredictionsError(f"{path}:{lineno}: id {clip(repr(name), 120)} appears twice")
             out[name] = row[1].strip()
     return out
 
 
 def read_meta(predictions_path) -> dict | None:
-    p = sidecar_paths(predictions_path)["meta"]
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
+    return read_record(sidecar_paths(predictions_path)["meta"])

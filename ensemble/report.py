@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
+from extract.outputs import WRITTEN_BY
+
 from .pipeline import EnsemblePipeline, cross_fit
 from .voting import fast_weighted_f1
+
+REPORT_RECORD = "report.json"  # which command wrote the report folder, and its files
 
 
 def classification_metrics(y, pred, classes) -> dict:
@@ -203,4 +208,7 @@ def write_report(out_dir: Path, metrics: dict, cm: np.ndarray, classes, counts: 
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     paths["report"].write_text("\n".join(md), encoding="utf-8")
+    record = {WRITTEN_BY: "evaluate", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "files": sorted(p.name for p in paths.values())}
+    (out_dir / REPORT_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return paths

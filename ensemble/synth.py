@@ -5,34 +5,19 @@ N(0, 1)`` noise, so a member's reliability is known. Real RUN_DIRs come from ``c
 """
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 
-def _write_probs(path: Path, ids, probs, classes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["name", *classes])
-        for i in order:
-            w.writerow([ids[i], *(f"{x:.6f}" for x in probs[i])])
-
-
 def write_run_dir(path, classes, labels: dict, oof: dict, test: dict, members: list[dict] | None = None,
-                  config: dict | None = None) -> Path:
-    """Write a RUN_DIR. ``oof``/``test``: {member: (ids, (n, C) probabilities)}; ``members`` defaults to
-    expert-* names as experts, 'fused' as fused and anything else as routed."""
-    import yaml
-
+                  config: dict | None = None, files: dict[str, str] | None = None) -> Path:
+    """Publish a RUN_DIR. ``oof``/``test``: {member: (ids, (n, C) probabilities)}; ``members`` defaults to
+    expert-* names as experts, 'fused' as fused and anything else as routed; ``config['pseudo_ids']``
+    ({id: label}) becomes the run's pseudo_labels.csv; ``files`` ({relative path: text}) are written as given."""
     from models.metrics import scores
     from models.run_dir import RunWriter
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     if members is None:
         members = []
         for m in dict.fromkeys([*oof, *test]):
@@ -40,25 +25,27 @@ def write_run_dir(path, classes, labels: dict, oof: dict, test: dict, members: l
                 members.append({"member": m, "kind": "expert", "feature": m[len("expert-"):]})
             else:
                 members.append({"member": m, "kind": "fused" if m == "fused" else "routed"})
-    (path / "classes.json").write_text(json.dumps(list(classes)), encoding="utf-8")
-    (path / "members.json").write_text(json.dumps(members, indent=1), encoding="utf-8")
-    cfg = {"classes": list(classes), "folds": 5, "seeds": [0], "model": "synthetic", "created": "synthetic",
-           **(config or {})}
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    with open(path / "labels.csv", "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["name", "discrete"])
-        w.writerows(sorted(labels.items()))
+    cfg = {"classes": list(classes), "folds": 5, "seeds": [0], "model": "synthetic", **(config or {})}
     cidx = {c: i for i, c in enumerate(classes)}
-    rows = []
-    for m, (ids, probs) in oof.items():
-        _write_probs(path / "oof" / f"{m}.csv", ids, probs, classes)
-        y = np.array([cidx[labels[i]] for i in ids])
-        rows.append({"member": m, **scores(y, np.asarray(probs).argmax(axis=1))})
-    for m, (ids, probs) in test.items():
-        _write_probs(path / "test" / f"{m}.csv", ids, probs, classes)
-    RunWriter(path).metrics(rows)  # the same metrics.csv as `cli.py fit` writes
-    return path
+    with RunWriter(path, command="synthetic") as w:  # the same files and record as `cli.py fit` publishes
+        w.classes(classes)
+        w.members(members)
+        w.config(cfg)
+        w.table("labels.csv", ["name", "discrete"], sorted(labels.items()))
+        rows = []
+        for m, (ids, probs) in oof.items():
+            w.probs("oof", m, list(ids), np.asarray(probs), classes)
+            y = np.array([cidx[labels[i]] for i in ids])
+            rows.append({"member": m, **scores(y, np.asarray(probs).argmax(axis=1))})
+        for m, (ids, probs) in test.items():
+            w.probs("test", m, list(ids), np.asarray(probs), classes)
+        w.metrics(rows)
+        pseudo = (config or {}).get("pseudo_ids")
+        if pseudo:
+            w.table("pseudo_labels.csv", ["name", "discrete"], sorted(pseudo.items()))
+        for rel, text in (files or {}).items():  # raw files (tests of the reader), replacing generated ones
+            w.write_file(rel, text)
+        return w.publish()
 
 
 def member_probs(y: np.ndarray, skill: float, n_classes: int, rng) -> np.ndarray:

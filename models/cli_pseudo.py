@@ -1,73 +1,10 @@
-"""``cli.py pseudo-label``: consensus pseudo-labels from a stage-1 RUN_DIR and an annotator."""
+"""``cli.py pseudo-label``: parse options, call models.pseudo.pseudo_label, print."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
-from extract.cache import CacheError
-from extract.tables import read_rows
-from models.data import InputError, first_few
-from models.pseudo import PseudoError, parse_class_thresholds, select, write_pseudo
-from models.train import resolve_device
-
-
-def labeled_ids(run_dir) -> set[str]:
-    _, rows = read_rows(Path(run_dir) / "labels.csv", ("name",), PseudoError, "labels file of the run",
-                        "give the --out folder of a finished `cli.py fit`")
-    return {row["name"] for row in rows}
-
-
-def run_pseudo_label(run_dir, cache, annotator_path, out, ids_csv=None, min_confidence=0.0, class_thresholds=None,
-                     min_annotator_confidence=0.0, group_table=None, device="cpu", member=None, warn=None):
-    """Predict the candidates with the stage-1 run, keep the clips where it agrees with the annotator.
-    Returns the Selection (counts in ``.counts``)."""
-    from extract.annotator import AnnotatorError, load_annotator
-    from models.cli_fit import run_predict
-
-    warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))
-    try:
-        annotator = load_annotator(annotator_path)
-    except AnnotatorError as exc:
-        raise PseudoError(str(exc)) from None
-    for problem in annotator.problems[:5]:
-        warn(problem)
-    train = labeled_ids(run_dir)
-    # default candidates: every cached id of the run's features that it did not train on
-    ids, probs, run = run_predict(run_dir, cache, ids_csv, group_table, device, False, warn)
-    overlap = [cid for cid in ids if cid in train]
-    if ids_csv is not None and overlap:
-        warn(f"{ids_csv}: {len(overlap)} ids are labeled training clips of {run_dir} "
-             f"(first: {first_few(overlap)}); they are not candidates")
-    keep = [i for i, cid in enumerate(ids) if cid not in train]
-    member = member or next(m["member"] for m in run.members if m["kind"] == "routed")
-    if member not in probs:
-        raise PseudoError(f"--member {member!r} is not a member of {run_dir}")
-    cand = [ids[i] for i in keep]
-    if not cand:
-        raise PseudoError(f"no candidate clip: every cached id of {run_dir}'s features is a labeled training clip")
-    have = set(ids)
-    missing = [cid for cid in annotator.answers if cid not in have and cid not in train]
-    if missing:
-        warn(f"{annotator_path}: {len(missing)} annotator ids have no features in cache {cache} "
-             f"(first: {first_few(missing)}); they are ignored")
-    classes = list(run.classes)
-    thresholds = parse_class_thresholds(class_thresholds, classes)
-    sel = select(cand, probs[member][keep], classes, annotator, min_confidence, thresholds, min_annotator_confidence)
-    if sel.counts["annotator_answers"] == 0:
-        raise PseudoError(f"{annotator_path}: no answer for any of the {len(cand)} candidate clips "
-                          f"(first candidates: {first_few(cand)}); do the names match the clip ids?")
-    if sel.counts["kept"] == 0:
-        raise PseudoError(f"empty agreement: the model and {annotator_path} agree on {sel.counts['agree']} of "
-                          f"{len(cand)} clips and none passes the thresholds (--min-confidence {min_confidence}, "
-                          f"--class-thresholds {class_thresholds or '-'}, --min-annotator-confidence "
-                          f"{min_annotator_confidence}); lower them or check the annotator's classes")
-    meta = {"stage1_run": str(Path(run_dir).resolve()), "cache": str(cache), "member": member,
-            "annotator": str(Path(annotator_path).resolve()), "min_confidence": min_confidence,
-            "class_thresholds": thresholds, "min_annotator_confidence": min_annotator_confidence,
-            "ids": None if ids_csv is None else str(ids_csv), "group_table": group_table}
-    write_pseudo(out, sel, meta)
-    return sel
+from extract.cli_errors import user_errors
+from models.pseudo import pseudo_label as run_pseudo_label
 
 
 @click.command("pseudo-label")
@@ -90,15 +27,14 @@ def run_pseudo_label(run_dir, cache, annotator_path, out, ids_csv=None, min_conf
 @click.option("--member", default=None, help="Member whose prediction is judge 1 (default: the routed output).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Device for prediction.")
+@click.option("--force", is_flag=True, help="Replace --out even when this command did not write it.")
 def pseudo_label(run_dir, cache, annotator_path, out, ids_csv, min_confidence, class_thresholds,
-                 min_annotator_confidence, group_table, member, device):
+                 min_annotator_confidence, group_table, member, device, force):
     """Keep an unlabeled clip only when the stage-1 model and an annotator agree (and both are
     confident enough); write name,discrete,confidence,annotator_label,annotator_confidence."""
-    try:
+    with user_errors():
         sel = run_pseudo_label(run_dir, cache, annotator_path, out, ids_csv, min_confidence, class_thresholds,
-                               min_annotator_confidence, group_table, resolve_device(device), member)
-    except (PseudoError, InputError, CacheError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+                               min_annotator_confidence, group_table, device, member, force).selection
     c = sel.counts
     click.echo(f"{c['candidates']} candidates; annotator answered {c['annotator_answers']} "
                f"({c['annotator_label_outside_classes']} outside the classes); agreement {c['agree']} "

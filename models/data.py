@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from extract.cache import CacheError, FeatureCache
+from extract.errors import UserError
 from extract.tables import read_rows
 
 TOKEN_KINDS = ("vector", "layers", "series")
 MER_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")   # MER2025 order
 
 
-class InputError(Exception):
+class InputError(UserError):
     """Bad input the user must fix; the message names the file/id and what to do."""
 
 
@@ -72,6 +73,20 @@ def read_csv_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
     return read_rows(path, (), InputError)
 
 
+def check_classes(classes, what: str) -> None:
+    """A class list names each class once (case and surrounding space ignored), and no class is empty."""
+    if classes is None:
+        return
+    seen: dict[str, str] = {}
+    for c in classes:
+        key = c.strip().casefold()
+        if not key:
+            raise InputError(f"{what}: an empty class name")
+        if key in seen:
+            raise InputError(f"{what}: class {c!r} is given twice" + ("" if seen[key] == c else f" (as {seen[key]!r})"))
+        seen[key] = c
+
+
 def read_labels(path, classes: list[str] | None = None, groups: str | None = None,
                 strict: bool = False) -> tuple[Labels, list[str]]:
     """Read ``name,discrete[,...]``. Returns the labels and the class order.
@@ -105,6 +120,14 @@ def read_labels(path, classes: list[str] | None = None, groups: str | None = Non
         if strict:
             raise InputError(msg)
         msgs.append(msg)
+    check_classes(classes, "--classes")
+    variants: dict[str, set[str]] = {}
+    for lab, _ in seen.values():
+        variants.setdefault(lab.casefold(), set()).add(lab)
+    clash = sorted(sorted(v) for v in variants.values() if len(v) > 1)
+    if clash:
+        raise InputError(f"{path}: labels that differ only by case are different classes here: "
+                         + "; ".join(" / ".join(v) for v in clash[:5]) + ": spell each class one way")
     if classes is None:
         found = {lab for lab, _ in seen.values()}
         classes = [c for c in MER_CLASSES if c in found] if found <= set(MER_CLASSES) else sorted(found)

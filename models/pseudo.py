@@ -23,18 +23,22 @@ from pathlib import Path
 import numpy as np
 
 from extract.cache import atomic_open, atomic_write_text
+from extract.outputs import WRITTEN_BY, read_record
 from extract.tables import read_rows
+from models.data import InputError
 
 PSEUDO_COLUMNS = ("name", "discrete", "confidence", "annotator_label", "annotator_confidence")
 
 
-class PseudoError(ValueError):
+class PseudoError(InputError, ValueError):
     """Bad input for pseudo-labeling (message names the file and what to do)."""
 
 
-def parse_class_thresholds(text: str | None, classes: list[str]) -> dict[str, float]:
-    """``happy=0.9,worried=0.8`` -> {class: threshold}; unknown classes and bad values are errors."""
+def parse_class_thresholds(text, classes: list[str]) -> dict[str, float]:
+    """``happy=0.9,worried=0.8`` (or a dict) -> {class: threshold}; unknown classes and bad values are errors."""
     out: dict[str, float] = {}
+    if isinstance(text, dict):
+        text = ",".join(f"{k}={v}" for k, v in text.items())
     for item in filter(None, (t.strip() for t in (text or "").split(","))):
         name, eq, value = item.partition("=")
         name = name.strip()
@@ -119,7 +123,8 @@ def write_pseudo(path: str | Path, sel: Selection, meta: dict) -> Path:
         w = csv.DictWriter(fh, fieldnames=PSEUDO_COLUMNS)
         w.writeheader()
         w.writerows(sel.rows())
-    meta = dict(meta, counts=sel.counts, classes=sel.classes, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    meta = dict(meta, counts=sel.counts, classes=sel.classes, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **{WRITTEN_BY: "pseudo-label"})
     atomic_write_text(meta_path(path), json.dumps(meta, indent=2, default=str))
     return path
 
@@ -133,12 +138,13 @@ class PseudoLabels:
     meta: dict
 
 
-def read_pseudo(path: str | Path, classes: list[str]) -> PseudoLabels:
-    """Read a pseudo-label CSV (name,discrete[,confidence...]) and its meta sidecar if present."""
+def read_pseudo(path: str | Path, classes: list[str] | None) -> PseudoLabels:
+    """Read a pseudo-label CSV (name,discrete[,confidence...]) and its meta sidecar if present
+    (``classes``: the labels must be among them; None: not checked)."""
     path = Path(path)
     _, rows = read_rows(path, ("name", "discrete"), PseudoError, "pseudo-label file",
                         "make one with `cli.py pseudo-label`")
-    unknown = sorted({r["discrete"] for r in rows} - set(classes))
+    unknown = sorted({r["discrete"] for r in rows} - set(classes)) if classes is not None else []
     if unknown:
         raise PseudoError(f"{path}: labels outside the classes ({', '.join(classes)}): {', '.join(unknown)}")
     ids = [r["name"] for r in rows]
@@ -146,5 +152,84 @@ def read_pseudo(path: str | Path, classes: list[str]) -> PseudoLabels:
         raise PseudoError(f"{path}: an id appears twice")
     conf = np.array([float(r.get("confidence") or 1.0) for r in rows])
     sidecar = meta_path(path)
-    meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    meta = read_record(sidecar) or {}
     return PseudoLabels(path, ids, [r["discrete"] for r in rows], conf, meta)
+
+
+# -- the stage (library behind ``cli.py pseudo-label``) ------------------------------------------------
+
+@dataclass
+class PseudoResult:
+    path: Path
+    selection: Selection
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict:
+        return self.selection.counts
+
+    @property
+    def meta_path(self) -> Path:
+        return meta_path(self.path)
+
+
+def pseudo_label(run_dir, cache, annotator, out, ids=None, min_confidence: float = 0.0, class_thresholds=None,
+                 min_annotator_confidence: float = 0.0, group_table=None, device: str = "auto",
+                 member: str | None = None, force: bool = False, progress: bool = True) -> PseudoResult:
+    """Predict the candidates (default: every cached id the run did not train on) with a stage-1 run and
+    keep the clips where it agrees with the annotator; write ``out`` + its meta sidecar."""
+    from extract.annotator import AnnotatorError, load_annotator
+    from extract.outputs import check_output
+    from models.data import first_few
+    from models.fitting import Notes
+    from models.predicting import predict
+
+    note = Notes()
+    check_output(out, "pseudo-label", [meta_path(out)], force)
+    for name, value in (("--min-confidence", min_confidence), ("--min-annotator-confidence", min_annotator_confidence)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise PseudoError(f"{name} {value}: must be in [0, 1]")
+    try:
+        ann = load_annotator(annotator)
+    except AnnotatorError as exc:
+        raise PseudoError(str(exc)) from None
+    for problem in ann.problems[:5]:
+        note(problem)
+    pred = predict(run_dir, cache, ids, group_table, device, False, progress)
+    note.extend(pred.notes)
+    run, pids = pred.run, pred.ids
+    train = set(run.labels())
+    overlap = [cid for cid in pids if cid in train]
+    if ids is not None and overlap:
+        note(f"{ids if isinstance(ids, (str, Path)) else '--ids'}: {len(overlap)} ids are labeled training clips "
+             f"of {run_dir} (first: {first_few(overlap)}); they are not candidates")
+    keep = [i for i, cid in enumerate(pids) if cid not in train]
+    member = member or run.routed_member()
+    if member not in pred.probs:
+        raise PseudoError(f"--member {member!r} is not a member of {run_dir}")
+    cand = [pids[i] for i in keep]
+    if not cand:
+        raise PseudoError(f"no candidate clip: every cached id of {run_dir}'s features is a labeled training clip")
+    have = set(pids)
+    missing = [cid for cid in ann.answers if cid not in have and cid not in train]
+    if missing:
+        note(f"{annotator}: {len(missing)} annotator ids have no features in cache {cache} "
+             f"(first: {first_few(missing)}); they are ignored")
+    classes = list(run.classes)
+    thresholds = parse_class_thresholds(class_thresholds, classes)
+    sel = select(cand, pred.probs[member][keep], classes, ann, min_confidence, thresholds, min_annotator_confidence)
+    if sel.counts["annotator_answers"] == 0:
+        raise PseudoError(f"{annotator}: no answer for any of the {len(cand)} candidate clips "
+                          f"(first candidates: {first_few(cand)}); do the names match the clip ids?")
+    if sel.counts["kept"] == 0:
+        raise PseudoError(f"empty agreement: the model and {annotator} agree on {sel.counts['agree']} of "
+                          f"{len(cand)} clips and none passes the thresholds (--min-confidence {min_confidence}, "
+                          f"--class-thresholds {class_thresholds or '-'}, --min-annotator-confidence "
+                          f"{min_annotator_confidence}); lower them or check the annotator's classes")
+    meta = {"stage1_run": str(Path(run_dir).resolve()), "cache": str(cache), "member": member,
+            "annotator": str(Path(annotator).resolve()), "min_confidence": min_confidence,
+            "class_thresholds": thresholds, "min_annotator_confidence": min_annotator_confidence,
+            "ids": None if ids is None or not isinstance(ids, (str, Path)) else str(ids),
+            "group_table": None if group_table is None else str(group_table)}
+    write_pseudo(out, sel, meta)
+    return PseudoResult(Path(out), sel, list(note))

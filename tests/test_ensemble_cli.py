@@ -174,7 +174,7 @@ def test_evaluate_without_runs_or_meta_and_bad_inputs(runs, tmp_path):
     assert res.exit_code != 0 and "expected `name,discrete`" in res.output
     write_csv(bad, ["name", "discrete"], [("a", "x"), ("a", "y")])
     res = invoke(evaluate, [bad, "--labels", lab])
-    assert res.exit_code != 0 and "id a appears twice" in res.output
+    assert res.exit_code != 0 and "id 'a' appears twice" in res.output
 
 
 def test_main_cli_has_both_commands():

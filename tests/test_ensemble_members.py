@@ -12,7 +12,7 @@ def P(*rows):
     return np.array(rows, float)
 
 
-def small_run(path, classes=CL, config=None, **over):
+def small_run(path, classes=CL, config=None, files=None, **over):
     labels = {"l1": "a", "l2": "b", "l3": "c"}
     oof = {"expert-x": (["l1", "l2"], P([0.7, 0.2, 0.1], [0.1, 0.8, 0.1])),
            "fused": (["l1", "l2", "l3"], P([0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.2, 0.2, 0.6])),
@@ -27,7 +27,7 @@ def small_run(path, classes=CL, config=None, **over):
         for store in (args["oof"], args["test"]):
             for m, (ids, p) in store.items():
                 store[m] = (ids, p[:, perm])
-    return write_run_dir(path, classes, args["labels"], args["oof"], args["test"], config=config)
+    return write_run_dir(path, classes, args["labels"], args["oof"], args["test"], config=config, files=files)
 
 
 def test_members_are_every_expert_fused_and_routed_of_every_run_prefixed(tmp_path):
@@ -56,15 +56,25 @@ def test_class_columns_are_reordered_to_the_first_runs_order(tmp_path):
 
 
 def test_header_mismatch_names_the_file(tmp_path):
-    r = small_run(tmp_path / "r")
-    (r / "test" / "fused.csv").write_text("name,a,b,d\nt1,0.3,0.3,0.4\n")
-    with pytest.raises(RunDirError, match=r"fused.csv has header name,a,b,d but classes.json"):
+    r = small_run(tmp_path / "r", files={"test/fused.csv": "name,a,b,d\nt1,0.3,0.3,0.4\n"})
+    with pytest.raises(RunDirError, match=r"fused.csv has class columns a,b,d but the run's classes are a,b,c"):
         load_members([r])
+
+
+def test_a_run_changed_after_publishing_is_refused(tmp_path):
+    r = small_run(tmp_path / "r")
+    (r / "test" / "fused.csv").write_text("name,a,b,c\nt1,0.3,0.3,0.4\n")
+    with pytest.raises(RunDirError, match=r"does not match its run.json .*test/fused.csv changed"):
+        load_members([r])
+    r2 = small_run(tmp_path / "r2")
+    (r2 / "oof" / "routed.csv").unlink()
+    with pytest.raises(RunDirError, match=r"oof/routed.csv missing"):
+        load_members([r2])
 
 
 def test_missing_contract_files_say_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RunDirError, match="classes.json is missing.*cli.py fit"):
+    with pytest.raises(RunDirError, match="no valid run.json .not a RUN_DIR.*cli.py fit"):
         load_members([tmp_path / "empty"])
     with pytest.raises(RunDirError, match="does not exist"):
         load_members([tmp_path / "nope"])
@@ -85,8 +95,7 @@ def test_conflicting_labels_and_classes_are_errors(tmp_path):
 
 
 def test_bad_rows_are_dropped_or_renormalised_and_noted(tmp_path):
-    r = small_run(tmp_path / "r")
-    (r / "test" / "routed.csv").write_text("name,a,b,c\nt1,2,1,1\nt2,nan,0.5,0.5\n")
+    r = small_run(tmp_path / "r", files={"test/routed.csv": "name,a,b,c\nt1,2,1,1\nt2,nan,0.5,0.5\n"})
     ms = load_members([r])
     np.testing.assert_allclose(ms.target.probs[2, 0], [0.5, 0.25, 0.25])
     assert not ms.target.present[2, 1]
@@ -94,9 +103,7 @@ def test_bad_rows_are_dropped_or_renormalised_and_noted(tmp_path):
 
 
 def test_tuning_never_holds_a_predicted_or_pseudo_labeled_id(tmp_path):
-    pseudo = tmp_path / "pseudo.csv"
-    pseudo.write_text("name,discrete\nl3,c\n")
-    r = small_run(tmp_path / "r", config={"pseudo_file": str(pseudo)})
+    r = small_run(tmp_path / "r", config={"pseudo_ids": {"l3": "c"}})
     ms = load_members([r], target_ids=["l1", "t1"])
     assert ms.tuning.ids == ["l2"]
     assert ms.counts["pseudo_ids_left_out"] == 1 and ms.counts["labeled_ids_predicted"] == 1
@@ -131,15 +138,18 @@ def test_class_check_is_the_same_from_classes_json_alone_and_stops_at_the_first_
     assert res.exit_code != 0 and expect in res.output and not (tmp_path / "p.csv").exists()
 
 
-def test_pseudo_label_file_is_read_like_every_user_csv_and_a_bad_one_is_noted(tmp_path):
-    pseudo = tmp_path / "pseudo.csv"
-    pseudo.write_text("\ufeffname,discrete\n l3 ,c\n,a\n", encoding="utf-8")  # Excel BOM, padded id, empty id
-    r = small_run(tmp_path / "r", config={"pseudo_file": str(pseudo)})
-    ms = load_members([r])
-    assert ms.tuning.ids == ["l1", "l2"] and ms.counts["pseudo_ids_left_out"] == 1
-    bad = tmp_path / "bad.csv"
-    bad.write_text("id,discrete\nl3,c\n")
-    r2 = small_run(tmp_path / "r2", config={"pseudo_file": str(bad)})
-    ms = load_members([r2])
-    assert ms.tuning.ids == ["l1", "l2", "l3"]
-    assert any(f"names pseudo-label file {bad} but it cannot be read" in n and "missing name" in n for n in ms.notes)
+def test_member_names_from_metadata_never_leave_the_run(tmp_path):
+    outside = tmp_path / "outside" / "secret.csv"
+    outside.parent.mkdir()
+    outside.write_text("name,a,b,c\nt1,1,0,0\n")
+    r = small_run(tmp_path / "r")
+    members = '[{"member": "../../outside/secret", "kind": "routed"}]'
+    from models.run_dir import RunWriter
+
+    with RunWriter(tmp_path / "evil", command="synthetic") as w:  # a run whose members.json was forged
+        for rel in ("classes.json", "config.yaml", "labels.csv"):
+            w.write_file(rel, (r / rel).read_text())
+        w.write_file("members.json", members)
+        w.publish()
+    with pytest.raises(RunDirError, match="is not a plain file name"):
+        load_members([tmp_path / "evil"])

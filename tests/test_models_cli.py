@@ -115,7 +115,7 @@ def test_ids_whose_every_feature_failed_are_skipped(tmp_path):
 
 def test_predict_bad_run_dir_and_missing_features(syn, tmp_path):
     res = CliRunner().invoke(predict, [str(tmp_path), "--cache", str(syn.cache), "--out", str(tmp_path / "p.csv")])
-    assert res.exit_code != 0 and "not a run directory" in res.output
+    assert res.exit_code != 0 and "has no valid run.json (not a RUN_DIR)" in res.output
     res = invoke(syn, syn.labels_csv, tmp_path)
     assert res.exit_code == 0, res.output
     other = tmp_path / "other_cache"

@@ -75,12 +75,15 @@ def test_write_then_read_roundtrip_with_meta(tmp_path):
 
 
 def test_a_run_dir_without_labels_is_a_clear_error(tmp_path):
-    from models.cli_pseudo import labeled_ids
+    from ensemble.synth import write_run_dir
+    from models.run_dir import RunDirError, open_run
 
-    with pytest.raises(PseudoError, match="labels.csv does not exist"):
-        labeled_ids(tmp_path)
-    (tmp_path / "labels.csv").write_text("\ufeffname,discrete\na,happy\nb,sad\n", encoding="utf-8")  # Excel BOM
-    assert labeled_ids(tmp_path) == {"a", "b"}
+    run = write_run_dir(tmp_path / "r", CLASSES, {"a": "happy", "b": "sad"}, {}, {},
+                        members=[{"member": "routed", "kind": "routed"}])
+    assert open_run(run).labels() == {"a": "happy", "b": "sad"}
+    (run / "labels.csv").unlink()
+    with pytest.raises(RunDirError, match="labels.csv missing"):
+        open_run(run)
 
 
 def test_write_pseudo_makes_the_folder_and_leaves_no_partial_file(tmp_path):

@@ -118,9 +118,10 @@ def test_rounds_relabel_with_the_newest_run(world, tmp_path):
     out = tmp_path / "r"
     res = fit2(world, out, "--rounds", "2")
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "r-round1" / "pseudo_round2.csv").is_file()
+    assert (tmp_path / "r-round2.pseudo.csv").is_file()  # next to the runs: never written into a RUN_DIR
+    assert (tmp_path / "r-round1" / "run.json").is_file()
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["pseudo"].endswith("pseudo_round2.csv")
+    assert cfg["pseudo"].endswith("r-round2.pseudo.csv")
 
 
 def test_pseudo_overlapping_labels_is_refused(world, tmp_path):
@@ -148,19 +149,23 @@ def test_empty_agreement_and_unknown_annotator_ids_are_clear(world, tmp_path):
     assert "1 annotator ids have no features" in res.output and "not_a_clip" in res.output
 
 
-def test_compare_stages_table_and_missing_metrics(tmp_path):
-    from models.cli_fit import compare_stages
-    from models.data import InputError
+def test_compare_stages_table_and_stage2_writes_it_into_its_run(world, tmp_path):
+    from ensemble.synth import write_run_dir
+    from models.fitting import compare_stages, format_comparison
 
-    s1, s2 = tmp_path / "s1", tmp_path / "s2"
-    s1.mkdir(), s2.mkdir()
-    (s1 / "metrics.csv").write_text("member,weighted_f1,macro_f1,accuracy\nrouted,0.5,0.4,0.5\nfused,0.6,0.5,0.6\n")
-    with pytest.raises(InputError, match="metrics.csv does not exist"):
-        compare_stages(s1, s2)
-    (s2 / "metrics.csv").write_text("member,weighted_f1,macro_f1,accuracy\nfused,0.55,0.5,0.6\nrouted,0.75,0.6,0.7\n")
-    text = compare_stages(s1, s2)
-    assert "+0.2500" in text and "-0.0500" in text
-    assert (s2 / "metrics_vs_stage1.csv").read_text() == ("member,stage1_weighted_f1,stage2_weighted_f1,change\n"
-                                                         "fused,0.600000,0.550000,-0.050000\n"
-                                                         "routed,0.500000,0.750000,0.250000\n")
-    assert not list(s2.glob(".*.tmp"))
+    p = np.array([[0.6, 0.4], [0.3, 0.7]])
+    s1 = write_run_dir(tmp_path / "s1", ["a", "b"], {"x": "a", "y": "b"}, {"routed": (["x", "y"], p),
+                                                                          "fused": (["x", "y"], p[::-1])}, {})
+    now = [{"member": "fused", "weighted_f1": 0.55}, {"member": "routed", "weighted_f1": 0.75},
+           {"member": "new", "weighted_f1": 0.1}]
+    cmp = compare_stages(s1, now)
+    assert [(r["member"], r["stage1"]) for r in cmp] == [("fused", 0.0), ("routed", 1.0)]
+    text = format_comparison(cmp, s1)
+    assert "-0.2500" in text and "+0.5500" in text
+    out = tmp_path / "stage2"
+    res = fit2(world, out)
+    assert res.exit_code == 0, res.output
+    assert "stage 1 vs stage 2" in res.output
+    table = rows(out / "metrics_vs_stage1.csv")
+    assert [r["member"] for r in table] == [r["member"] for r in rows(out / "metrics.csv")]
+    assert "metrics_vs_stage1.csv" in json.loads((out / "run.json").read_text())["files"]
