@@ -405,9 +405,17 @@ def saved_model(model, cfg: TrainConfig, specs, classes, norms: dict, boosters: 
 
 
 def load_model_file(path) -> dict:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("format") != MODEL_FORMAT:
-        raise InputError(f"{path}: not a model file of this toolkit (format {saved.get('format')!r})")
+    import pickle
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{path}: not a loadable model file of this toolkit (torch.load with weights_only=True "
+                         f"refused it: {first}); re-run `cli.py fit`") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise InputError(f"{path}: not a model file of this toolkit (format "
+                         f"{saved.get('format') if isinstance(saved, dict) else type(saved).__name__!r})")
     return saved
 
 
