@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.base import BaseEstimator, clone
 
 from .reranking import Context, RuleSet, State
 from .voting import Voter, VoteResult
@@ -45,35 +46,43 @@ class Result:
         return [";".join(names[k] for k in np.flatnonzero(flags[:, i])) for i in range(len(self.ids))]
 
 
-class EnsemblePipeline:
+class EnsemblePipeline(BaseEstimator):
+    """scikit-learn conventions: ``__init__`` stores the parameters, ``fit`` sets the attributes that
+    end in ``_`` (``voter_``, ``rules_``, ``ctx_``, ``fit_result_``), and ``sklearn.base.clone`` gives
+    an unfitted copy with deep copies of the parameters (so of the rules and the annotator).
+
+    The ``rules`` given are tuned in place (``rules_`` is that same RuleSet): the caller reads what
+    was tuned (``tuned_``, ``notes_``) from the RuleSet it holds. A clone tunes its own copies."""
+
     def __init__(self, classes, vote: str = "reliance", power="auto", rules: RuleSet | None = None,
                  annotator=None):
-        self.classes = list(classes)
+        self.classes = classes
         self.vote = vote
         self.power = power
-        self.rules = rules if rules is not None else RuleSet(None, [])
+        self.rules = rules
         self.annotator = annotator
-        self.ctx = Context(self.classes, annotator)
 
-    def clone(self) -> "EnsemblePipeline":
-        return EnsemblePipeline(self.classes, self.vote, self.power, self.rules.fresh(), self.annotator)
+    def _rule_set(self) -> RuleSet:
+        return self.rules if self.rules is not None else RuleSet(None, [])
 
     def _stage_names(self) -> list[str]:
-        return [f"vote:{self.vote}"] + [f"{i}:{r.label}" for i, r in enumerate(self.rules.rules, 1)]
+        return [f"vote:{self.vote}"] + [f"{i}:{r.label}" for i, r in enumerate(self._rule_set().rules, 1)]
 
     def _walk(self, split, y=None) -> Result:
         """Vote, then each rule in order. With ``y``, first fit the voter, and each rule on the state the
         vote and the rules before it left (then apply it, as ``run`` does)."""
         if y is not None:
             self.voter_ = Voter(self.vote, self.power).fit(split.probs, split.present, y, len(self.classes))
+            self.rules_ = self._rule_set()
+            self.ctx_ = Context(list(self.classes), self.annotator)
         v = self.voter_.predict(split.probs, split.present)
         names = self._stage_names()
         state = State(split.ids, v.scores, v.labels)
         stages = [Stage(names[0], v.labels, v.scores, np.zeros(len(v.labels), bool))]
-        for name, rule in zip(names[1:], self.rules.rules):
+        for name, rule in zip(names[1:], self.rules_.rules):
             if y is not None:
-                rule.fit(state, y, self.ctx)
-            out = rule.apply(state, self.ctx)
+                rule.fit(state, y, self.ctx_)
+            out = rule.apply(state, self.ctx_)
             state = out.state
             stages.append(Stage(name, state.labels, state.scores, out.changed, out.info))
         return Result(split.ids, v, stages)
@@ -94,7 +103,7 @@ class EnsemblePipeline:
                 "chance_weighted_f1": v.chance_f1_,
                 "members": [{"member": n, "oof_weighted_f1": None if np.isnan(f) else float(f), "weight": float(w)}
                             for n, f, w in zip(names, v.member_f1_, v.weights_)],
-                "rules": self.rules.describe()}
+                "rules": self.rules_.describe()}
 
 
 def tuning_folds(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -120,7 +129,7 @@ def cross_fit(pipeline: EnsemblePipeline, split, y, n_splits: int = 5, seed: int
     labels = [np.zeros(len(y), np.int64) for _ in names]
     changed = [np.zeros(len(y), bool) for _ in names]
     for train, held in tuning_folds(y, n_splits, seed):
-        p = pipeline.clone().fit(split.take(train), y[train])
+        p = clone(pipeline).fit(split.take(train), y[train])
         res = p.run(split.take(held))
         for k, st in enumerate(res.stages):
             labels[k][held] = st.labels

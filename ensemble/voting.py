@@ -28,9 +28,10 @@ at or below chance, the weights fall back to uniform (a plain soft vote) and thi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 POWER_GRID = (1.0, 0.5, 2.0, 4.0, 8.0)
 
@@ -108,6 +109,18 @@ def _soft(p0, present, n_present, weights=None, prior=None) -> VoteResult:
 VOTES = {"hard": hard_vote, "soft": soft_vote, "reliance": soft_vote}
 
 
+def _check_vote(method, power) -> None:
+    if method not in VOTES:
+        raise ValueError(f"unknown vote {method!r}; choose one of {', '.join(VOTES)}")
+    if power != "auto":
+        try:
+            p = float(power)
+        except (TypeError, ValueError):
+            raise ValueError(f"--power must be 'auto' or a number > 0, got {power!r}") from None
+        if not p > 0:
+            raise ValueError(f"--power must be 'auto' or a number > 0, got {p}")
+
+
 def chance_f1(y: np.ndarray, n_classes: int) -> float:
     pi = np.bincount(y, minlength=n_classes) / max(len(y), 1)
     return float((pi ** 2).sum())
@@ -145,28 +158,25 @@ def fast_weighted_f1(y, pred, n_classes: int) -> float:
     return float((f1 * support).sum() / support.sum())
 
 
-@dataclass
-class Voter:
-    """Fit on out-of-fold rows (labels known), then vote on any rows. sklearn-style: fit returns self."""
+class Voter(BaseEstimator):
+    """Fit on out-of-fold rows (labels known), then vote on any rows. scikit-learn conventions:
+    ``__init__`` stores the parameters (checked, never changed, so ``sklearn.base.clone`` works),
+    ``fit`` returns self and sets the attributes that end in ``_``."""
 
-    method: str = "reliance"
-    power: float | str = "auto"
-    grid: tuple = POWER_GRID
-    notes: list = field(default_factory=list)
+    def __init__(self, method: str = "reliance", power: float | str = "auto", grid: tuple = POWER_GRID):
+        self.method = method
+        self.power = power
+        self.grid = grid
+        _check_vote(method, power)
 
-    def __post_init__(self):
-        if self.method not in VOTES:
-            raise ValueError(f"unknown vote {self.method!r}; choose one of {', '.join(VOTES)}")
-        if self.power != "auto":
-            try:
-                self.power = float(self.power)
-            except (TypeError, ValueError):
-                raise ValueError(f"--power must be 'auto' or a number > 0, got {self.power!r}") from None
-            if not self.power > 0:
-                raise ValueError(f"--power must be 'auto' or a number > 0, got {self.power}")
+    @property
+    def notes(self) -> list[str]:
+        """What the user should know about the last fit (``notes_``)."""
+        return self.notes_
 
     def fit(self, probs, present, y, n_classes: int) -> "Voter":
         y = np.asarray(y)
+        self.notes_ = []
         self.n_classes_ = n_classes
         self.prior_ = np.bincount(y, minlength=n_classes) / len(y) if len(y) else _uniform_prior(n_classes)
         self.member_f1_ = member_f1(probs, present, y, n_classes) if len(y) else np.full(probs.shape[0], np.nan)
@@ -180,7 +190,7 @@ class Voter:
             raise ValueError("reliance voting needs out-of-fold rows of labeled ids (none found in the RUN_DIRs); "
                              "use --vote soft")
         if not (np.nan_to_num(self.member_f1_, nan=0) > self.chance_f1_).any():
-            self.notes.append("no member beats chance on the out-of-fold rows: reliance falls back to uniform weights")
+            self.notes_.append("no member beats chance on the out-of-fold rows: reliance falls back to uniform weights")
         if self.power == "auto":
             p0, n_present = _prepare(probs, present)
             for p in self.grid:

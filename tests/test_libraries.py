@@ -257,6 +257,103 @@ def test_the_fold_factory_is_the_one_all_three_use():
         folds.make_splitter(4, 0, groups=g)
 
 
+# -- 3. sklearn.base.clone for the ensemble's estimators -------------------------------------------
+
+CLASSES = ["neutral", "angry", "happy", "sad", "worried"]
+RULES = [{"rule": "class_priority", "when_top": ["worried"], "prefer": ["sad"], "margin": "auto"},
+         {"rule": "prior_correction", "target": "labeled"},
+         {"rule": "annotator_override", "margin": "auto", "confidence": "auto"}]
+
+
+def tuning_split(n=160, seed=0):
+    """Members of three skills over ``n`` labeled ids (one member absent on a quarter of them), and
+    an annotator right 70% of the time."""
+    from ensemble.members import Split
+    from extract.annotator import Annotator, Answer
+
+    rng = np.random.default_rng(seed)
+    C = len(CLASSES)
+    y = rng.integers(0, C, n)
+    logits = np.stack([skill * np.eye(C)[y] + rng.normal(size=(n, C)) for skill in (0.5, 1.5, 2.5)])
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    present = np.ones(probs.shape[:2], bool)
+    present[0, rng.random(n) < 0.25] = False
+    probs[~present] = np.nan
+    ids = [f"id{i:04d}" for i in range(n)]
+    ann = Annotator("mem", {i: Answer(CLASSES[c] if rng.random() < 0.7 else "sad", float(rng.uniform(0.5, 1)))
+                            for i, c in zip(ids, y)})
+    return Split(ids, probs, present), y, ann
+
+
+def fitted_params(pipe):
+    return [(r.fitted_params_, dict(r.tuned_), list(r.notes_)) for r in pipe.rules_.rules]
+
+
+def test_clone_gives_an_unfitted_pipeline_with_its_own_rules():
+    from sklearn.base import clone
+
+    from ensemble.pipeline import EnsemblePipeline
+    from ensemble.reranking import parse_rules
+
+    split, y, ann = tuning_split()
+    pipe = EnsemblePipeline(CLASSES, "reliance", "auto", parse_rules(RULES, CLASSES), ann).fit(split, y)
+    copy = clone(pipe)
+    assert copy.get_params().keys() == pipe.get_params().keys() and copy.vote == "reliance"
+    assert not hasattr(copy, "voter_") and not hasattr(copy, "fit_result_") and not hasattr(copy, "rules_")
+    assert copy.rules is not pipe.rules
+    assert all(a is not b for a, b in zip(copy.rules.rules, pipe.rules.rules))
+    before = fitted_params(pipe)
+    half = np.arange(0, len(y), 2)
+    copy.fit(split.take(half), y[half])                       # re-tuned on other rows ...
+    fresh = EnsemblePipeline(CLASSES, "reliance", "auto", parse_rules(RULES, CLASSES), ann).fit(split.take(half),
+                                                                                            y[half])
+    assert fitted_params(copy) == fitted_params(fresh)        # ... exactly as a pipeline built anew
+    assert fitted_params(pipe) == before                      # and the original did not move
+    np.testing.assert_array_equal(pipe.run(split).final.labels, pipe.fit_result_.final.labels)
+    assert fitted_params(copy) != before                      # (the rows differ enough to tune differently)
+
+
+def test_cross_fit_equals_pipelines_built_anew_per_fold():
+    from ensemble.pipeline import EnsemblePipeline, cross_fit, tuning_folds
+    from ensemble.reranking import parse_rules
+
+    split, y, ann = tuning_split(seed=1)
+    pipe = EnsemblePipeline(CLASSES, "reliance", "auto", parse_rules(RULES, CLASSES), ann)
+    pipe.fit(split, y)                                        # a fitted pipeline: its clones must not carry that
+    names, labels, changed = cross_fit(pipe, split, y, n_splits=5, seed=0)
+    want_labels = [np.zeros(len(y), np.int64) for _ in names]
+    want_changed = [np.zeros(len(y), bool) for _ in names]
+    for train, held in tuning_folds(y, 5, 0):
+        p = EnsemblePipeline(CLASSES, "reliance", "auto", parse_rules(RULES, CLASSES), ann)
+        res = p.fit(split.take(train), y[train]).run(split.take(held))
+        for k, st in enumerate(res.stages):
+            want_labels[k][held], want_changed[k][held] = st.labels, st.changed
+    assert names == ["vote:reliance", "1:class_priority", "2:prior_correction", "3:annotator_override"]
+    for a, b in zip(labels + changed, want_labels + want_changed):
+        np.testing.assert_array_equal(a, b)
+    assert any(c.any() for c in changed[1:])
+
+
+def test_voter_follows_sklearn_conventions():
+    from sklearn.base import clone
+
+    from ensemble.voting import Voter
+
+    split, y, _ = tuning_split(seed=2)
+    v = Voter("reliance", "2").fit(split.probs, split.present, y, len(CLASSES))
+    assert v.power == "2" and v.power_ == 2.0                 # the parameter as given, the fitted value apart
+    c = clone(v)
+    assert c.get_params() == v.get_params() and not hasattr(c, "weights_")
+    np.testing.assert_array_equal(c.fit(split.probs, split.present, y, 5).weights_, v.weights_)
+    useless = np.full_like(split.probs, 0.2)
+    for _ in range(2):                                        # notes belong to one fit, not to every fit so far
+        v.fit(useless, split.present, y, len(CLASSES))
+        assert len(v.notes) == 1 and "beats chance" in v.notes_[0]
+    with pytest.raises(ValueError, match="power"):
+        Voter("reliance", "strong")
+
+
+
 # -- 4. torchvision.ops.box_iou -------------------------------------------------------------------
 
 def random_boxes(rng, n):
