@@ -108,12 +108,17 @@ class FaceTrack:
 
 
 # -- geometry ----------------------------------------------------------------------------------
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def box_overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of ``box`` with each of ``boxes`` (x0, y0, x1, y1), by ``torchvision.ops.box_iou``; two
+    boxes without area overlap by 0 (box_iou divides 0 by 0 there). torch is imported here, not with
+    the module: the face extractors load it anyway, other importers of this module need not."""
+    import torch
+    from torchvision.ops import box_iou
+
+    dtype = np.result_type(box, boxes, np.float32)
+    a = torch.from_numpy(np.asarray(box, dtype).reshape(1, 4))
+    b = torch.from_numpy(np.asarray(boxes, dtype).reshape(-1, 4))
+    return torch.nan_to_num(box_iou(a, b)[0], nan=0.0).numpy()
 
 
 def track_largest(detections: list[list[Detection]], iou_threshold: float = 0.3) -> tuple[list[int | None], int]:
@@ -131,7 +136,7 @@ def track_largest(detections: list[list[Detection]], iou_threshold: float = 0.3)
             continue
         pick = None
         if prev is not None:
-            overlaps = [iou(prev, d.box) for d in dets]
+            overlaps = box_overlaps(prev, np.stack([d.box for d in dets]))
             best = int(np.argmax(overlaps))
             if overlaps[best] >= iou_threshold:
                 pick = best

@@ -362,6 +362,21 @@ def random_boxes(rng, n):
     return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
 
 
+def test_box_overlaps_equal_the_hand_written_iou():
+    from extract import faces
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        prev = random_boxes(rng, 1)[0]
+        boxes = random_boxes(rng, int(rng.integers(1, 6)))
+        boxes[0] = prev if rng.random() < 0.2 else boxes[0]          # identical boxes too
+        got = faces.box_overlaps(prev, boxes)
+        want = [old_iou(prev, b) for b in boxes]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    zero = np.array([5, 5, 5, 5], np.float32)                         # zero area: 0, not NaN
+    assert faces.box_overlaps(zero, zero[None]).tolist() == [0.0]
+
+
 def test_tracking_decisions_equal_the_hand_written_tracker():
     from extract import faces
 
