@@ -63,6 +63,8 @@ class ExtractConfig:
     progress: bool = True
     #: file extensions taken as media under VIDEO_DIR (a comma-separated string is accepted)
     extensions: tuple[str, ...] = media.MEDIA_EXTENSIONS
+    #: library output (MediaPipe/absl lines, warnings) on the terminal instead of CACHE/extract.log
+    verbose: bool = False
 
     def __post_init__(self):
         if isinstance(self.features, str):
@@ -123,4 +125,4 @@ def extract(video_dir: str | os.PathLike, cache: str | os.PathLike = DEFAULT_CAC
     texts = load_transcripts(cfg.transcripts, cfg.text_column) if cfg.transcripts else {}
     return run_extract(video_dir, extractors, cache, decode, texts, cfg.transcripts, jobs=cfg.jobs,
                        threads=cfg.threads, retry_failed=cfg.retry_failed, flush_every=cfg.flush_every,
-                       progress=cfg.progress, extensions=cfg.extensions)
+                       progress=cfg.progress, extensions=cfg.extensions, verbose=cfg.verbose)

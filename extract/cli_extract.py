@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections import Counter
 
@@ -47,7 +48,11 @@ _D = ExtractConfig()  # the defaults of every option below
 @click.option("--progress/--no-progress", default=_D.progress, show_default=True, help="Show the progress bar.")
 @click.option("--extensions", default=",".join(_D.extensions), show_default=True,
               help="File extensions taken as media under VIDEO_DIR, comma-separated (replaces the list).")
-def extract_cmd(video_dir, cache_dir, **options):
+@click.option("--verbose", is_flag=True, default=_D.verbose,
+              help="Print what libraries print (MediaPipe/TFLite lines, warnings) and every note; "
+                   "otherwise they go to CACHE/extract.log.")
+@click.pass_context
+def extract_cmd(ctx, video_dir, cache_dir, **options):
     """Decode every media file under VIDEO_DIR once and cache the requested features.
 
     Re-running is cheap: cached clips are skipped without decoding; a new SPEC computes only that
@@ -55,6 +60,10 @@ def extract_cmd(video_dir, cache_dir, **options):
     """
     from .api import extract
 
+    # `cli.py --verbose extract ...` (a flag of the group, where it has one) counts too
+    options["verbose"] = bool(options["verbose"] or ctx.find_root().params.get("verbose"))
+    if options["verbose"]:
+        _show_notes()
     try:
         summary = extract(video_dir, cache_dir, ExtractConfig(**options))
     except (SpecError, UsageError) as exc:
@@ -65,6 +74,17 @@ def extract_cmd(video_dir, cache_dir, **options):
     code = summary.exit_code(options["strict"])
     if code:
         sys.exit(code)
+
+
+def _show_notes() -> None:
+    """--verbose: the tool's INFO records (skipped files, per-clip notes) reach the terminal too."""
+    moe = logging.getLogger("moe")
+    if moe.getEffectiveLevel() > logging.INFO:
+        moe.setLevel(logging.INFO)
+    if not moe.handlers and not logging.getLogger().handlers:  # nobody prints them yet
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        moe.addHandler(handler)
 
 
 def _print_summary(s) -> None:
@@ -88,8 +108,19 @@ def _print_summary(s) -> None:
             click.echo(f"  ... {len(s.files_skipped) - 5} more")
     if s.extensions_seen:
         click.echo("extensions seen: " + ", ".join(f"{ext or '(none)'} {n}" for ext, n in s.extensions_seen.items()))
+    by_note: dict[str, dict[str, set]] = {}
+    for cid, key, note in s.clip_notes:
+        entry = by_note.setdefault(note.split(" (", 1)[0], {"ids": set(), "sets": set()})
+        entry["ids"].add(cid)
+        entry["sets"].add(key.rsplit("-", 1)[0])
+    for what, entry in by_note.items():
+        ids = sorted(entry["ids"])
+        click.echo(f"note: {what}: {len(ids)} clips ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}); "
+                   f"stored anyway in {', '.join(sorted(entry['sets']))}")
     for note in s.notes:
         click.echo(f"note: {note}")
+    if s.log is not None:
+        click.echo(f"log: {s.log}")
     click.echo(f"cache: {s.cache}")
 
 

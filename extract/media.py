@@ -74,6 +74,9 @@ class Clip:
     # counter-clockwise degrees (0, 90, 180, 270) the frames were turned to be upright, from the
     # video stream's display matrix; 0 when it has none (or DecodeConfig.upright is False)
     rotation: int = 0
+    # what the decoded input is like, per need, for every extractor that reads it: e.g.
+    # {"audio": ["silent audio (peak -inf dBFS)"]}; the run records them as notes of those sets
+    notes: dict = field(default_factory=dict)
     # why a stream is absent, e.g. "no audio stream": an extractor that needs it fails with this
     missing: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
@@ -250,6 +253,7 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
         # an error in one stream ends that stream only: the other one's extractors still get theirs
         errors: dict[str, str] = {}
         resampler = targets = None
+        level = _Level()
         if astream is not None and want_audio:
             try:
                 resampler = av.AudioResampler(format="flt", layout="mono", rate=config.sample_rate)
@@ -275,6 +279,7 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
                         if max_t is not None and t is not None and t >= max_t:
                             continue
                         if need == "audio":
+                            level.add(frame)
                             for out in resampler.resample(frame):
                                 audio_parts.append(out.to_ndarray().reshape(-1))
                         else:
@@ -308,6 +313,8 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
         if seconds < MIN_AUDIO_SECONDS:
             clip.missing["audio"] = f"audio too short ({seconds:.3f} s < {MIN_AUDIO_SECONDS} s)"
             clip.audio = None
+        elif notes := level.notes(clip.audio):
+            clip.notes["audio"] = notes
     if want_frames and vstream is not None and "frames" not in clip.missing:
         if frames:
             clip.frames = np.stack(frames)
@@ -317,6 +324,41 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
         else:
             clip.missing["frames"] = "no video frame could be decoded"
     return clip
+
+
+SILENCE_DBFS = -80.0  # audio whose peak stays below this is "silent"
+CLIPPED_FRACTION = 1e-3  # this share of the source samples at or beyond full scale is "clipped"
+
+
+class _Level:
+    """Counts the source audio samples (before resampling) at or beyond full scale: an integer
+    sample on a rail, a float sample with |x| >= 1 (beyond 1 is also cut by the decoder)."""
+
+    def __init__(self):
+        self.samples = self.at_rail = 0
+
+    def add(self, frame) -> None:
+        try:
+            x = frame.to_ndarray()
+        except Exception:  # noqa: BLE001 - an exotic sample format: no level figures, still decoded
+            return
+        self.samples += x.size
+        if np.issubdtype(x.dtype, np.integer):
+            info = np.iinfo(x.dtype)
+            self.at_rail += int(np.count_nonzero((x >= info.max) | (x <= info.min)))
+        else:
+            self.at_rail += int(np.count_nonzero(np.abs(x) >= 1.0))
+
+    def notes(self, audio: np.ndarray) -> list[str]:
+        out = []
+        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+        if peak <= 10 ** (SILENCE_DBFS / 20):
+            db = "-inf" if peak == 0 else f"{20 * math.log10(peak):.0f}"
+            out.append(f"silent audio (peak {db} dBFS, below {SILENCE_DBFS:.0f} dBFS)")
+        share = self.at_rail / self.samples if self.samples else 0.0
+        if self.at_rail >= 10 and share >= CLIPPED_FRACTION:
+            out.append(f"clipped audio ({100 * share:.2f}% of samples at or beyond full scale)")
+        return out
 
 
 def _why(exc: BaseException) -> str:

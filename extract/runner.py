@@ -57,6 +57,8 @@ class Summary:
     keys: list[str] = field(default_factory=list)
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    clip_notes: list[tuple[str, str, str]] = field(default_factory=list)  # (id, key, note): silent, clipped
+    log: Path | None = None  # CACHE/extract.log: library output, skipped files, per-clip notes
     files_skipped: list[tuple[str, str]] = field(default_factory=list)  # (path under video_dir, why)
     extensions_seen: dict[str, int] = field(default_factory=dict)  # every file's extension -> count
     rotated: dict[str, int] = field(default_factory=dict)  # clip id -> degrees its frames were turned upright
@@ -152,9 +154,11 @@ def watch_parent(parent: int | None, poll: float = 0.5) -> None:
     threading.Thread(target=watch, name="moe-parent-watchdog", daemon=True).start()
 
 
-def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: int | None = None) -> dict:
+def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: int | None = None,
+            log_path: str | None = None) -> dict:
     """Decode one clip (only what its pending extractors need) and run them. Runs in a worker;
-    ``parent`` is the main process's pid (a worker exits when it dies, see :func:`watch_parent`).
+    ``parent`` is the main process's pid (a worker exits when it dies, see :func:`watch_parent`);
+    a worker writes what libraries print (fd 2) to ``log_path`` (None: leaves it on the terminal).
 
     BLAS (numpy's OpenBLAS) gets the same fixed thread count as torch while the clip is processed:
     its idle threads busy-wait after every call, and with the default of one thread per core they
@@ -164,12 +168,14 @@ def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: in
     from threadpoolctl import threadpool_limits
 
     watch_parent(parent)
+    if parent is not None and parent != os.getpid():
+        _worker_stderr(log_path)
     with threadpool_limits(limits=threads, user_api="blas"):
         return _process(task, config, threads)
 
 
 def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
-    out: dict = {"id": task.id, "decoded": False, "results": {}, "seconds": {}}
+    out: dict = {"id": task.id, "decoded": False, "results": {}, "seconds": {}, "notes": []}
     clip = None
     t0 = time.perf_counter()
     media_needs = tuple(n for n in task.needs if n != "text")
@@ -212,6 +218,7 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
                 clip.text, clip.text_source = feat.record["text"], f"asr:{ex.key}"
                 clip.missing.pop("text", None)
             out["results"][ex.key] = feat
+            out["notes"] += [(ex.key, note) for need in ex.needs for note in clip.notes.get(need, ())]
         except ExtractionError as exc:
             out["results"][ex.key] = str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad clip must never stop the run
@@ -270,12 +277,13 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                 threads: int = 1,
                 retry_failed: bool = False, flush_every: int = 32, flush_seconds: float = 10.0,
                 progress: bool = True, compact_min_shards: int = 16,
-                extensions=media.MEDIA_EXTENSIONS) -> Summary:
+                extensions=media.MEDIA_EXTENSIONS, verbose: bool = False) -> Summary:
     """Extract ``extractors`` for every media file under ``video_dir`` (those whose extension is in
-    ``extensions``) into ``cache_dir``."""
-    from tqdm.auto import tqdm
-    from joblib import Parallel, delayed
+    ``extensions``) into ``cache_dir``.
 
+    What libraries print while the run lasts (MediaPipe/TFLite/absl lines, Python warnings, other
+    libraries' log records) goes to ``CACHE/extract.log``, with every skipped file and per-clip note;
+    ``verbose`` leaves library output on the terminal instead."""
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise UsageError(f"video folder {video_dir} does not exist or is not a folder")
@@ -284,6 +292,19 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     found = media.scan(video_dir, extensions)
     if not found.files and not found.collisions:
         raise UsageError(no_media_message(found))
+    with RunLog(Path(cache_dir) / LOG_NAME, verbose) as runlog:
+        runlog.detail(f"extract {video_dir} -> {cache_dir}: {', '.join(ex.key for ex in extractors)} "
+                      f"(pid {os.getpid()})", terminal=False)
+        return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
+                    jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog)
+
+
+def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_config, transcripts, transcripts_source,
+         jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards,
+         runlog: "RunLog") -> Summary:
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
@@ -301,15 +322,14 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     if len(set(keys)) != len(keys):
         raise UsageError("the same feature set is requested twice")
     start = time.perf_counter()
-    summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys)
+    summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys, log=runlog.path)
     files, collisions = found.files, found.collisions
     summary.clips = len(files) + len(collisions)
     summary.files_skipped = [(p.relative_to(video_dir).as_posix() if p.is_relative_to(video_dir) else str(p), why)
                              for p, why in found.skipped]
     summary.extensions_seen = dict(found.seen.most_common())
     for path, why in summary.files_skipped:
-        log.info("skipped %s: %s", path, why)
-    transcripts = transcripts or {}
+        runlog.detail(f"skipped {path}: {why}")
     cache = FeatureCache(cache_dir)
     with cache.lock():
         writers: dict[str, ShardWriter] = {}
@@ -330,16 +350,20 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         if transcripts and True not in used:
             _note(summary, "no transcript row matched a clip id (names must be clip ids or file stems)")
         last_flush = time.monotonic()
+        unflushed = 0  # clips (not results: one clip gives one per feature set) since the last shard
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         try:
             runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
-            main_pid = os.getpid()
-            for out in runner(delayed(process)(t, decode_config, threads, main_pid) for t in tasks):
+            main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
+            for out in runner(delayed(process)(t, decode_config, threads, main_pid, log_path) for t in tasks):
                 summary.decoded += int(out["decoded"])
                 if out.get("rotation"):
                     summary.rotated[out["id"]] = out["rotation"]
-                    log.info("%s: frames turned %d degrees counter-clockwise (display matrix)", out["id"],
-                             out["rotation"])
+                    runlog.detail(f"{out['id']}: frames turned {out['rotation']} degrees counter-clockwise "
+                                  "(display matrix)")
+                for key, note in out["notes"]:
+                    summary.clip_notes.append((out["id"], key, note))
+                    runlog.detail(f"{out['id']} [{key}]: {note}")
                 summary.compute_seconds.update(out["seconds"])
                 for key, value in out["results"].items():
                     if isinstance(value, Feature):
@@ -351,11 +375,11 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                         summary.failures.append((out["id"], key, value))
                 bar.update(1)
                 bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
-                pending = sum(len(w) for w in writers.values())
-                if pending >= flush_every or (pending and time.monotonic() - last_flush > flush_seconds):
+                unflushed += 1
+                if unflushed >= flush_every or time.monotonic() - last_flush > flush_seconds:
                     for w in writers.values():
                         w.flush()
-                    last_flush = time.monotonic()
+                    last_flush, unflushed = time.monotonic(), 0
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -397,6 +421,151 @@ def _note(summary: Summary, text: str) -> None:
     """A note for the user: kept in the summary (the CLI prints it) and logged."""
     summary.notes.append(text)
     log.info("note: %s", text)
+
+
+# -- where library output goes ---------------------------------------------------------------------
+
+LOG_NAME = "extract.log"
+LOG_MAX_BYTES = 5_000_000  # a longer log is moved to extract.log.1 when a run starts
+
+
+def _fd_of(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class RunLog:
+    """``CACHE/extract.log`` for the length of one run.
+
+    C/C++ libraries (MediaPipe's TFLite and absl ``W0000 ...`` lines, FFmpeg) write straight to
+    file descriptor 2, so fd 2 itself points at the log while the run lasts, in the main process
+    and in the workers (:func:`process`), unless ``verbose``. Python's ``sys.stderr`` (the progress
+    bar, click, the ``moe`` loggers' handlers) keeps the terminal. Python warnings and other
+    libraries' log records go to the log too; the ``moe`` loggers keep their own handlers and are
+    also copied to the log; :meth:`detail` lines (skipped files, per-clip notes) go to the log and,
+    only when ``moe.extract`` logs INFO (``--verbose``), to the terminal."""
+
+    def __init__(self, path: Path, verbose: bool = False):
+        self.path = Path(path)
+        self.verbose = verbose
+        self.redirects = False  # fd 2 points at the log
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self) -> "RunLog":
+        import io
+        import warnings
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        except FileNotFoundError:
+            pass
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._attached = [logging.getLogger()]
+        if not logging.getLogger("moe").propagate:
+            self._attached.append(logging.getLogger("moe"))
+        for logger in self._attached:
+            logger.addHandler(self.handler)
+        self._warnings = None
+        self._stderr = self._console = None
+        self._swapped: list[logging.StreamHandler] = []
+        if self.verbose:
+            return self
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.showwarning = self._show_warning
+        try:
+            os.fstat(2)
+        except OSError:
+            return self  # no fd 2 to redirect
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        self._saved = os.dup(2)
+        if _fd_of(sys.stderr) == 2:  # keep Python's own stderr writes on the terminal
+            old = sys.stderr
+            self._stderr = old
+            self._console = io.TextIOWrapper(io.FileIO(self._saved, "w", closefd=False),
+                                             encoding=getattr(old, "encoding", None) or "utf-8",
+                                             errors="backslashreplace", line_buffering=True)
+            sys.stderr = self._console
+            for handler in _stream_handlers():
+                if handler.stream is old:
+                    handler.setStream(self._console)
+                    self._swapped.append(handler)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.redirects = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.redirects:
+            if self._console is not None:
+                self._console.flush()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            if self._stderr is not None:
+                sys.stderr = self._stderr
+                for handler in self._swapped:
+                    handler.setStream(self._stderr)
+                self._console.close()
+            self.redirects = False
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+        for logger in self._attached:
+            logger.removeHandler(self.handler)
+        self.handler.close()
+
+    def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        import warnings
+
+        text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+        self.handler.handle(logging.makeLogRecord({"name": "py.warnings", "levelno": logging.WARNING,
+                                                   "levelname": "WARNING", "msg": text}))
+
+    def detail(self, text: str, terminal: bool = True) -> None:
+        """A line for the log; on the terminal too when ``moe.extract`` logs INFO (--verbose)."""
+        if terminal and log.isEnabledFor(logging.INFO):
+            log.info(text)  # its handlers, and the log through the root or moe logger
+        elif self.handler is not None:
+            self.handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, text, None, None))
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    return [h for lg in loggers for h in lg.handlers if isinstance(h, logging.StreamHandler)]
+
+
+_WORKER_LOG: str | None = None  # where this worker's fd 2 points now (None: where it was at start)
+_WORKER_FD2: int | None = None  # a copy of the fd 2 this worker started with
+
+
+def _worker_stderr(log_path: str | None) -> None:
+    """Point this worker's fd 2 at the run's log (a reused worker may have served another run)."""
+    global _WORKER_LOG, _WORKER_FD2
+    if log_path == _WORKER_LOG:
+        return
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    if _WORKER_FD2 is None:
+        _WORKER_FD2 = os.dup(2)
+    if log_path is None:
+        os.dup2(_WORKER_FD2, 2)
+    else:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    _WORKER_LOG = log_path
 
 
 def close_loaded() -> None:

@@ -325,3 +325,87 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+# -- F: silence, clipping, shards per clips, and only the tool's own messages on the terminal -------
+
+def write_float_wav(path: Path, audio: np.ndarray, rate: int = 16000) -> Path:
+    """32-bit float PCM, which can hold samples beyond full scale (|x| > 1)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_f32le", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.reshape(1, -1), np.float32), format="flt",
+                                           layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        for p in [*stream.encode(frame), *stream.encode()]:
+            out.mux(p)
+    return path
+
+
+def test_silent_and_clipped_audio_are_noted_per_audio_set(tmp_path):
+    from extract import extract
+    from extract.synth import write_media
+
+    videos = tmp_path / "v"
+    write_media(videos / "silent.wav", audio=np.zeros((1, 16000), np.float32), rate=16000)
+    write_media(videos / "railed.wav", audio=np.clip(tone(1.0, 16000, amp=3.0), -1, 1), rate=16000)  # s16 on the rails
+    write_float_wav(videos / "over.wav", tone(1.0, 16000, amp=3.0)[0])  # float samples beyond full scale
+    write_media(videos / "fine.wav", audio=tone(1.0, 16000, amp=0.5), rate=16000)
+    make_clip(videos / "quiet video.mp4", seconds=1.0, size=(32, 32), audio=False)
+    summary = extract(videos, tmp_path / "cache", features="librosa,egemaps,frame-stats", progress=False)
+    lib, ege, fst = summary.keys
+    notes = {(cid, key): note for cid, key, note in summary.clip_notes}
+    for key in (lib, ege):  # one note per audio set; the values are stored all the same
+        assert notes[("silent", key)].startswith("silent audio (peak -inf dBFS")
+        assert notes[("railed", key)].startswith("clipped audio")
+        assert notes[("over", key)].startswith("clipped audio")
+        assert ("fine", key) not in notes
+    assert not any(key == fst for _, key in notes)  # frames never carry an audio note
+    assert {"silent", "railed", "over", "fine"} <= FeatureCache(tmp_path / "cache").feature_set(lib).done_ids()
+    silent = FeatureCache(tmp_path / "cache").read(lib, ["silent"]).data
+    assert np.isfinite(silent).all()
+    log = (tmp_path / "cache" / "extract.log").read_text()
+    assert f"silent [{lib}]: silent audio" in log and "skipped" not in log
+
+
+def test_flush_every_counts_clips_not_results(tmp_path):
+    from extract import extract
+
+    videos = tmp_path / "v"
+    for i in range(5):
+        make_clip(videos / f"c{i}.mp4", seconds=0.4, size=(32, 32), seed=i)
+    summary = extract(videos, tmp_path / "cache", features="librosa,frame-stats", flush_every=2, progress=False)
+    c = FeatureCache(tmp_path / "cache")
+    for key in summary.keys:  # 5 clips, a shard every 2 clips: 3 shards per set (not 5: 2 results per clip)
+        assert len(c.feature_set(key).shards()) == 3, key
+
+
+def _cli(args, tmp_path):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-W", "default", str(ROOT / "cli.py"), "extract", *args, "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_library_chatter_goes_to_the_log_unless_verbose(tmp_path):
+    from extract.synth import write_media
+
+    videos = tmp_path / "v"
+    make_clip(videos / "a.mp4", seconds=1.0, size=(64, 64))
+    write_media(videos / "silent.wav", audio=np.zeros((1, 16000), np.float32), rate=16000)
+    (videos / "readme.txt").write_text("not a clip")
+    quiet = _cli([str(videos), "--cache", str(tmp_path / "c1"), "--features", "face-au,librosa"], tmp_path)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert quiet.stderr == ""  # MediaPipe's W0000 lines, TFLite's INFO line, numpy warnings: none here
+    assert "note: silent audio: 1 clips (silent)" in quiet.stdout and "log: " in quiet.stdout
+    log = (tmp_path / "c1" / "extract.log").read_text()
+    assert "W0000" in log or "TensorFlow Lite" in log  # what MediaPipe printed is kept, in the log
+    assert "skipped readme.txt: extension not in --extensions" in log
+    loud = _cli([str(videos), "--cache", str(tmp_path / "c2"), "--features", "face-au,librosa", "--jobs", "2",
+                 "--verbose"], tmp_path)
+    assert loud.returncode == 0, loud.stdout + loud.stderr
+    assert "W0000" in loud.stderr or "TensorFlow Lite" in loud.stderr
+    assert "skipped readme.txt" in loud.stderr

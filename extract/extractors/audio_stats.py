@@ -2,6 +2,7 @@
 spectral shape)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,9 @@ def _pool(x: np.ndarray) -> np.ndarray:
     """(channels, frames) -> (channels * 4) mean, std, min, max (NaN-safe; all-NaN -> 0)."""
     out = []
     for fn in (np.nanmean, np.nanstd, np.nanmin, np.nanmax):
-        with np.errstate(all="ignore"):
+        # an all-NaN row (no voiced frame, e.g. silent audio) is expected: 0, without numpy's warnings
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             v = fn(x, axis=1) if x.shape[1] else np.zeros(x.shape[0])
         out.append(np.nan_to_num(v))
     return np.concatenate(out)
