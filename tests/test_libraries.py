@@ -403,9 +403,9 @@ def test_faces_imports_without_torch():
 # -- 5. offline mode: the hub's own reading of HF_HUB_OFFLINE --------------------------------------
 
 @pytest.mark.parametrize("hub, transformers, offline", [
-    (None, None, False), ("0", None, False), ("false", None, False), ("", None, False),
+    (None, None, False), ("0", None, False), ("none", None, False), ("false", None, False), ("", None, False),
     ("1", None, True), ("ON", None, True), ("yes", None, True), ("true", None, True),
-    (None, "1", True),
+    (None, "1", True), ("0", "1", False),   # HF_HUB_OFFLINE wins when set, as in huggingface_hub
 ])
 def test_hub_offline_reads_the_environment_as_the_hub_does(monkeypatch, hub, transformers, offline):
     import huggingface_hub.constants as hub_constants
@@ -413,6 +413,7 @@ def test_hub_offline_reads_the_environment_as_the_hub_does(monkeypatch, hub, tra
     from extract.extractors.hf_common import hub_offline
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)       # as read at import: online
+    monkeypatch.setattr("transformers.utils.hub._is_offline_mode", False, raising=False)   # transformers 4 keeps a copy
     for name, value in (("HF_HUB_OFFLINE", hub), ("TRANSFORMERS_OFFLINE", transformers)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
@@ -429,4 +430,5 @@ def test_hub_offline_follows_the_library_when_it_started_offline(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)        # the hub refuses the network anyway
+    monkeypatch.setattr("transformers.utils.hub._is_offline_mode", True, raising=False)
     assert hub_offline() is True

@@ -100,10 +100,14 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelRef:
 
 
 def hub_offline() -> bool:
+    """Offline as transformers sees it (``is_offline_mode()``: HF_HUB_OFFLINE, else TRANSFORMERS_OFFLINE,
+    is one of the hub's true values 1/ON/YES/TRUE), or those variables set so after the hub was
+    imported (the library reads them once, at import), read by the same rule."""
     import huggingface_hub.constants as hub_constants
+    from transformers.utils.hub import is_offline_mode
 
-    env = (os.environ.get("HF_HUB_OFFLINE", "") + os.environ.get("TRANSFORMERS_OFFLINE", "")).lower()
-    return bool(hub_constants.HF_HUB_OFFLINE) or any(v in env for v in ("1", "true", "yes", "on"))
+    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(is_offline_mode()) or now.upper() in hub_constants.ENV_VARS_TRUE_VALUES
 
 
 def hub_cache_dir() -> str:
