@@ -11,7 +11,7 @@ For each of ``emo-av`` and ``mead-samples`` under --data (skipped when absent):
  (c) emo-av only: weighted F1 of the AU features alone on the role split (train on the labeled-role
      speakers, test on the unlabeled-role ones, and the reverse; no speaker and no face shared):
      - pooled blendshape statistics + StandardScaler + LogisticRegression (the reference figure of
-       DESIGN.md, 0.712, was measured this way);
+       ARCHITECTURE.md, 0.712, was measured this way);
      - the AU expert, the face-cnn expert (vendored FER2013 mini-Xception on face crops: the offline
        image encoder) and, with --image-model PATH, an hf-image expert on face crops, each alone
        through `cli.py fit --groups speaker` (speaker-grouped folds, out-of-fold weighted F1).
@@ -168,7 +168,7 @@ def role_split_f1(feats: dict, data: Path) -> None:
         print(f"    train {train:9s} -> test {test:9s}: weighted F1 {scores[-1]:.3f} ({te.sum()} clips)")
     if scores:
         print(f"(c) pooled blendshapes + LogisticRegression, role split: mean weighted F1 {np.mean(scores):.3f} "
-              "(DESIGN.md reference 0.712)")
+              "(ARCHITECTURE.md reference 0.712)")
 
 
 def _routed_f1(run_dir: Path, which: str, truth: dict) -> float:

@@ -1,4 +1,4 @@
-"""Expert heads: per-sample tokens -> Linear -> TransformerEncoder -> classifier (DESIGN.md).
+"""Expert heads: per-sample tokens -> Linear -> TransformerEncoder -> classifier (ARCHITECTURE.md).
 
 Attention runs over the tokens *of one sample* (its hidden layers, its frames, or its single vector
 token), never across the samples of a batch: the input is (batch, tokens, dim) with

@@ -34,14 +34,14 @@ def _signal(rng, y, n_classes, dim, strength):
 
 def make_synthetic_cache(root, n_labeled: int = 120, n_unlabeled: int = 30, classes=("neutral", "happy", "sad"),
                          dim: int = 12, n_speakers: int = 6, missing: float = 0.1, strength: float = 3.0,
-                         speaker_shift: float = 1.0, seed: int = 0) -> Synthetic:
+                         speaker_shift: float = 1.0, seed: int = 0, name=None) -> Synthetic:
     """A small cache: ``vec`` (vector), ``lay`` (layers, signal in one layer), ``ser`` (series with masked
     garbage frames, missing for some ids: failures), ``noise`` (vector, pure noise)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     n = n_labeled + n_unlabeled
     c = len(classes)
-    ids = [f"clip{i:04d}" for i in range(n)]
+    ids = [(name or "clip{:04d}".format)(i) for i in range(n)]  # name(i) -> the clip id of row i
     y = np.arange(n) % c
     rng.shuffle(y)
     spk = np.array([f"spk{i % n_speakers}" for i in range(n)])
