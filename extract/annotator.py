@@ -218,3 +218,36 @@ def write_annotator(path, rows) -> int:
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             written += 1
     return written
+
+
+def export_answers(cache_dir, out, feature: str = "vlm", with_reasoning: bool = False, force: bool = False) -> dict:
+    """Cached VLM answers -> an annotator file (what ``cli.py export-annotator`` does), with a provenance
+    sidecar ``<out>.meta.json`` (the cache, feature key, model). An existing ``out`` that export-annotator
+    did not write is refused unless ``force``. Returns {written, failed, key, out, meta}."""
+    import time
+
+    from extract.cache import CacheError, FeatureCache, atomic_open
+    from extract.outputs import WRITTEN_BY, check_output
+
+    out = Path(out)
+    sidecar = Path(f"{out}.meta.json")
+    check_output(out, "export-annotator", [sidecar], force)
+    cache = FeatureCache(cache_dir)
+    key = cache.resolve(feature)
+    fs = cache.feature_set(key)
+    if fs.kind != "record" or fs.meta.get("modality") not in (None, "knowledge"):
+        raise CacheError(f"feature {key} in {cache_dir} is not VLM answers (kind {fs.kind}, modality "
+                         f"{fs.meta.get('modality')}); pass --feature vlm or a vlm-... key")
+    ids = sorted(fs.done_ids())
+    batch = fs.read(ids)
+    rows = ({"name": cid, "label": rec["label"], "scores": rec.get("scores"),
+             "reasoning": rec.get("reasoning") if with_reasoning else None}
+            for cid, rec in zip(ids, batch.data) if rec and rec.get("label") is not None)
+    written = write_annotator(out, rows)
+    failed = len(fs.failures())
+    meta = {WRITTEN_BY: "export-annotator", "cache": str(cache_dir), "feature": key,
+            "model": fs.meta.get("model"), "config": fs.meta.get("config"), "answers": written,
+            "clips_without_answer": failed, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with atomic_open(sidecar) as fh:
+        json.dump(meta, fh, indent=1, default=str)
+    return {"written": written, "failed": failed, "key": key, "out": out, "meta": sidecar}

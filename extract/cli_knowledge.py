@@ -5,26 +5,8 @@ from __future__ import annotations
 
 import click
 
-from .annotator import AnnotatorError, write_annotator
-from .cache import CacheError, FeatureCache
-
-
-def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -> tuple[int, int, str]:
-    """Write one answer per clip with a cached answer (format by ``out``'s extension, see
-    ``write_annotator``). Returns (written, failed, feature key)."""
-    cache = FeatureCache(cache_dir)
-    key = cache.resolve(feature)
-    fs = cache.feature_set(key)
-    if fs.kind != "record" or fs.meta.get("modality") not in (None, "knowledge"):
-        raise CacheError(f"feature {key} in {cache_dir} is not VLM answers (kind {fs.kind}, modality "
-                         f"{fs.meta.get('modality')}); pass --feature vlm or a vlm-... key")
-    ids = sorted(fs.done_ids())
-    batch = fs.read(ids)
-    rows = ({"name": cid, "label": rec["label"], "scores": rec.get("scores"),
-             "reasoning": rec.get("reasoning") if with_reasoning else None}
-            for cid, rec in zip(ids, batch.data) if rec and rec.get("label") is not None)
-    written = write_annotator(out, rows)
-    return written, len(fs.failures()), key
+from .annotator import export_answers
+from .cli_errors import user_errors
 
 
 @click.command("export-annotator")
@@ -35,14 +17,14 @@ def export_answers(cache_dir, feature: str, out, with_reasoning: bool = False) -
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Annotator file to write: .jsonl (name, label, scores) or .csv (name, label, confidence).")
 @click.option("--with-reasoning", is_flag=True, help="Also write each answer's reasoning text.")
-def export_annotator_cmd(cache_dir, feature, out, with_reasoning):
+@click.option("--force", is_flag=True, help="Replace --out even when export-annotator did not write it.")
+def export_annotator_cmd(cache_dir, feature, out, with_reasoning, force):
     """Export cached VLM answers (`vlm` extractor) as an annotator JSONL file for fit/ensemble.
 
     Names are clip ids (the file stem for a flat video folder, as in labels CSVs). Failed clips (no answer,
     invalid JSON, unknown class) are not written; `cache info` lists their reasons.
     """
-    try:
-        written, failed, key = export_answers(cache_dir, feature, out, with_reasoning)
-    except (CacheError, AnnotatorError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"exported {written} answers from {key} to {out} ({failed} clips without a valid answer)")
+    with user_errors():
+        res = export_answers(cache_dir, out, feature, with_reasoning, force)
+    click.echo(f"exported {res['written']} answers from {res['key']} to {out} (+ {res['meta'].name}; "
+               f"{res['failed']} clips without a valid answer)")
