@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models import folds
 from models.baseline import AttentionBaseline
 from models.data import FeatureData, InputError
+from models.folds import split as split_folds
 from models.lgbm import LGBMExpert, crossfit_proba, log_proba
 from models.metrics import weighted_f1
 from models.normalize import FOLD_INDEPENDENT, NORMALIZERS, FeatureNormalizer, extend_groups
@@ -116,7 +116,7 @@ def make_folds(y, groups, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarra
         if n_groups < k:
             raise InputError(f"--groups: only {n_groups} distinct groups for --folds {k}; "
                              f"lower --folds to at most {n_groups}")
-    return folds.split(k, seed, y=y, groups=groups)
+    return split_folds(k, seed, y=y, groups=groups)
 
 
 def class_weights(y, n_classes: int, mode: str) -> np.ndarray:
