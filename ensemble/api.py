@@ -23,9 +23,10 @@ from extract.outputs import WRITTEN_BY, OutputError, check_output, check_output_
 from extract.registry import toolkit_version
 from extract.tables import read_rows
 
+from .calibration import TemperatureScaler, ece
 from .members import RunDirError, check_same_classes, load_members, peek_classes, read_labels_csv
 from .pipeline import EnsemblePipeline
-from .predictions import (PredictionsError, read_meta, read_predictions, sidecar_paths, verify_meta,
+from .predictions import (PredictionsError, read_details, read_meta, read_predictions, sidecar_paths, verify_meta,
                           write_predictions)
 from .report import REPORT_RECORD, classification_metrics, confusion, member_table, oof_stage_table, write_report
 from .reranking import RulesError, load_rules, parse_rules
@@ -170,7 +171,13 @@ def ensemble(run_dirs, out="predictions.csv", config: EnsembleConfig | None = No
         "rule_info": {st.name: st.info for st in result.stages[1:] if st.info},
         "oof_stages": stages, "notes": notes,
     }
-    paths = write_predictions(out, ms.target.ids, labels, classes, result, meta)
+    scaler = TemperatureScaler().fit(pipeline.fit_result_.final.scores, ms.y) if len(ms.y) else None
+    calibrated = scaler.transform(result.final.scores) if scaler is not None and len(ms.target.ids) else None
+    if scaler is not None:
+        oof_raw = pipeline.fit_result_.final.scores
+        meta["calibration"] = {"method": "temperature", "temperature": scaler.temperature_, "fitted_on_rows": len(ms.y),
+                               "oof_ece_before": ece(oof_raw, ms.y), "oof_ece_after": ece(scaler.transform(oof_raw), ms.y)}
+    paths = write_predictions(out, ms.target.ids, labels, classes, result, meta, calibrated)
     for n in notes:
         LOG.info(n)
     return EnsembleResult(Path(out), paths, run_dirs, list(ms.target.ids), [classes[k] for k in labels], classes,
@@ -188,6 +195,8 @@ class EvaluationResult:
     members: list[dict] | None
     stages: list[dict] | None
     notes: list[str] = field(default_factory=list)
+    calibration: dict | None = None   # temperature, ece_before, ece_after on the scored ids
+    routers: list[dict] = field(default_factory=list)  # mean router weight per expert per true class, per run
 
 
 def evaluate(predictions, labels, out=None, runs=(), force: bool = False) -> EvaluationResult:
@@ -225,15 +234,32 @@ def evaluate(predictions, labels, out=None, runs=(), force: bool = False) -> Eva
     metrics = classification_metrics(y, p, classes)
     cm = confusion(y, p, len(classes))
     members = stage_rows = None
+    routers = []
     if runs:
         members, stage_rows, more = _oof_tables(runs, list(preds), meta)
         notes += more
+        from models.run_dir import open_run
+
+        from .explain import router_by_class
+
+        routers = [r for r in (router_by_class(open_run(d)) for d in runs) if r is not None]
+    calibration = None
+    temperature = ((meta or {}).get("calibration") or {}).get("temperature")
+    if temperature is not None and meta and meta.get("classes"):
+        scores = read_details(predictions, meta["classes"])
+        have = [n for n in matched if n in scores and truth[n] in meta["classes"]]
+        if have:
+            raw = np.stack([scores[n] for n in have])
+            known = [cidx[truth[n]] for n in have]
+            calibration = {"raw": raw, "calibrated": TemperatureScaler(temperature).fit(raw, []).transform(raw),
+                           "y": np.array(known), "temperature": float(temperature)}
     sources = {"predictions": str(predictions), "labels": str(labels), "runs": ", ".join(runs) or "none",
                "ensemble created": (meta or {}).get("created", "unknown"), "evaluated": time.strftime("%Y-%m-%d %H:%M")}
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
-        paths = write_report(stage, metrics, cm, classes, counts, meta, members, stage_rows, notes, sources)
+        paths = write_report(stage, metrics, cm, classes, counts, meta, members, stage_rows, notes, sources,
+                             calibration, routers)
         old = read_record(out / REPORT_RECORD) or {}
         swap_into_place(stage, out, list(old.get("files", [])) + [REPORT_RECORD], LOG)
     except BaseException:
@@ -244,7 +270,11 @@ def evaluate(predictions, labels, out=None, runs=(), force: bool = False) -> Eva
     paths = {k: out / v.name for k, v in paths.items()}
     for n in notes:
         LOG.info(n)
-    return EvaluationResult(out, paths, metrics, counts, members, stage_rows, notes)
+    cal = None
+    if calibration is not None:
+        cal = {"temperature": calibration["temperature"], "ece_before": ece(calibration["raw"], calibration["y"]),
+               "ece_after": ece(calibration["calibrated"], calibration["y"])}
+    return EvaluationResult(out, paths, metrics, counts, members, stage_rows, notes, cal, routers)
 
 
 def _oof_tables(runs, predicted_ids, meta):

@@ -3,7 +3,8 @@
 ``<out>.csv``          exactly the header ``name,discrete``, one row per predicted id, sorted by name.
 ``<out>.details.csv``  name, discrete, vote (label before the rules), n_members (members present),
                        margin (final score of the label minus the best other), changed_by (rules that
-                       changed the row, ';'-joined), prob_<class> (final per-class scores).
+                       changed the row, ';'-joined), confidence (calibrated probability of the label),
+                       prob_<class> (final per-class scores, before calibration).
 ``<out>.meta.json``    provenance: runs, members and weights, vote, rules (as applied, with tuned
                        thresholds), annotator, what was tuned on, counts and changes per rule.
 """
@@ -41,8 +42,10 @@ def _atomic_write(path: Path, write) -> None:
         write(fh)
 
 
-def write_predictions(out, ids, labels, classes, result=None, meta: dict | None = None) -> dict[str, Path]:
-    """Write the predictions CSV (+ details and meta sidecars when ``result``/``meta`` are given)."""
+def write_predictions(out, ids, labels, classes, result=None, meta: dict | None = None,
+                      calibrated: np.ndarray | None = None) -> dict[str, Path]:
+    """Write the predictions CSV (+ details and meta sidecars when ``result``/``meta`` are given;
+    ``calibrated``: calibrated class probabilities, whose top value is the details' ``confidence``)."""
     out = Path(out)
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
     names = [classes[i] for i in labels]
@@ -61,10 +64,12 @@ def write_predictions(out, ids, labels, classes, result=None, meta: dict | None 
 
         def details(fh):
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(HEADER + ["vote", "n_members", "margin", "changed_by"] + [f"prob_{c}" for c in classes])
+            conf = [""] * len(ids) if calibrated is None else [f"{x:.6f}" for x in np.max(calibrated, axis=1)]
+            w.writerow(HEADER + ["vote", "n_members", "margin", "changed_by", "confidence"]
+                       + [f"prob_{c}" for c in classes])
             for i in order:
                 w.writerow([ids[i], names[i], classes[result.vote.labels[i]], int(result.vote.n_members[i]),
-                            f"{margin[i]:.6f}", changed[i]] + [f"{x:.6f}" for x in final.scores[i]])
+                            f"{margin[i]:.6f}", changed[i], conf[i]] + [f"{x:.8g}" for x in final.scores[i]])
 
         _atomic_write(paths["details"], details)
     if meta is not None:  # last: it records the checksum of the predictions it describes
@@ -108,3 +113,17 @@ def read_predictions(path) -> dict[str, str]:
 
 def read_meta(predictions_path) -> dict | None:
     return read_record(sidecar_paths(predictions_path)["meta"])
+
+
+def read_details(path, classes) -> dict[str, np.ndarray]:
+    """The final per-class scores of a predictions file's details sidecar: {name: (C,) scores}."""
+    p = sidecar_paths(path)["details"]
+    if not p.is_file():
+        return {}
+    with open(p, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        cols = [header.index(f"prob_{c}") if f"prob_{c}" in header else -1 for c in classes]
+        if not header or min(cols) < 0:
+            return {}
+        return {row[0]: np.array([float(row[k]) for k in cols]) for row in reader if len(row) == len(header)}

@@ -159,7 +159,10 @@ def tuned_on_text(meta: dict | None) -> str:
 
 def write_report(out_dir: Path, metrics: dict, cm: np.ndarray, classes, counts: dict, meta: dict | None,
                  members: list[dict] | None = None, stages: list[dict] | None = None,
-                 notes: list[str] | None = None, sources: dict | None = None) -> dict[str, Path]:
+                 notes: list[str] | None = None, sources: dict | None = None, calibration: dict | None = None,
+                 routers: list[dict] | None = None) -> dict[str, Path]:
+    """``calibration``: {"raw", "calibrated" (n, C) scores, "y", "temperature"} of the scored rows;
+    ``routers``: per run, ensemble.explain.router_by_class summaries."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"report": out_dir / "report.md", "metrics": out_dir / "metrics.json",
@@ -173,9 +176,27 @@ def write_report(out_dir: Path, metrics: dict, cm: np.ndarray, classes, counts: 
     if stages:
         paths["oof_stages"] = out_dir / "oof_stages.csv"
         _write_csv(paths["oof_stages"], stages)
+    cal_rows = None
+    if calibration is not None:
+        from .calibration import ece, plot_calibration
+
+        paths["reliability"], paths["coverage"] = out_dir / "reliability.png", out_dir / "coverage.png"
+        raw, cal, yy = calibration["raw"], calibration["calibrated"], calibration["y"]
+        plot_calibration(raw, cal, yy, paths["reliability"], paths["coverage"],
+                         f"reliability, T = {calibration['temperature']:.3f}")
+        cal_rows = [{"scores": "raw (vote + rules)", "ECE": ece(raw, yy), "mean confidence": float(raw.max(1).mean())},
+                    {"scores": f"calibrated (T = {calibration['temperature']:.3f})", "ECE": ece(cal, yy),
+                     "mean confidence": float(cal.max(1).mean())}]
+    router_rows = []
+    for k, summary in enumerate(routers or []):
+        from .explain import plot_router_heatmap, table_rows
+
+        paths[f"router_{k}"] = plot_router_heatmap(summary, out_dir / f"router_weights_{k}.png")
+        router_rows.append((summary, table_rows(summary), paths[f"router_{k}"].name))
     payload = {"metrics": metrics, "confusion": cm.tolist(), "classes": list(classes), "counts": counts,
                "sources": sources or {}, "tuned_on": tuned_on_text(meta), "members": members, "oof_stages": stages,
-               "notes": notes or []}
+               "notes": notes or [], "calibration": cal_rows,
+               "router_weights": [{"run": sm["run"], "rows": rows} for sm, rows, _ in router_rows]}
     paths["metrics"].write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
 
     md = ["# Evaluation report", ""]
@@ -205,6 +226,15 @@ def write_report(out_dir: Path, metrics: dict, cm: np.ndarray, classes, counts: 
                "In-sample: the pipeline fitted on all tuning rows and scored on them (what `ensemble` used). "
                "Cross-fitted: each tuning row predicted by a pipeline fitted on the other folds (honest).", "",
                _md_table(stages)]
+    if cal_rows:
+        md += ["## Calibration", "",
+               "Temperature scaling of the final scores, fitted on the labeled out-of-fold rows (never on these). "
+               "Expected calibration error (15 bins) on the scored ids:", "", _md_table(cal_rows),
+               "![reliability diagram](reliability.png) ![coverage vs accuracy](coverage.png)", ""]
+    for summary, rows, png in router_rows:
+        md += [f"## Router weights: {summary['run']}", "",
+               "Mean router weight of each expert (and the fused expert) per true class, on the out-of-fold rows: "
+               "which modality the model relied on.", "", _md_table(rows), f"![router weights]({png})", ""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     paths["report"].write_text("\n".join(md), encoding="utf-8")

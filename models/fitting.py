@@ -298,6 +298,9 @@ def _fit_once(cache, labels, features, out, cfg: FitConfig, pseudo, note, compar
             name = m["member"]
             writer.probs("oof", name, lab_ids, result.oof[name], class_list)
             writer.probs("test", name, test_names, result.test[name], class_list)
+        if result.weight_names:
+            writer.router("oof", lab_ids, result.oof_weights, result.weight_names)
+            writer.router("test", test_names, result.test_weights, result.weight_names)
         rows = member_metrics(result.members, result.oof, y)
         writer.metrics(rows)
         if pl is not None:  # the run keeps its own copy: ensemble leaves these ids out of tuning

@@ -32,6 +32,8 @@ class Prediction:
     probs: dict[str, np.ndarray]   # member -> (n, C), NaN where the member has no prediction
     run: Run
     notes: list[str] = field(default_factory=list)
+    weights: np.ndarray | None = None     # (n, K) router weights averaged over the run's models
+    weight_names: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -104,9 +106,13 @@ def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", st
     from tqdm.auto import tqdm
 
     inputs = SharedInputs(feats, row_groups)
+    w_sum, w_names = None, []
     for path in tqdm(run.model_files, desc="predict", unit="model", disable=not progress):
         saved = load_model_file(path)
-        probs, present = predict_saved(saved, feats, row_groups, device, xs_np=inputs(saved))
+        probs, present, wts, w_names = predict_saved(saved, feats, row_groups, device, xs_np=inputs(saved),
+                                                     with_weights=True)
+        if wts is not None:
+            w_sum = wts if w_sum is None else w_sum + wts
         for m, p in probs.items():
             sums.setdefault(m, np.zeros((len(ids), c)))
             counts.setdefault(m, np.zeros(len(ids)))
@@ -115,4 +121,5 @@ def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", st
             counts[m][ok] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {m: sums[m] / counts[m][:, None] for m in sums}
-    return Prediction(ids, out, run, list(note))
+    weights = None if w_sum is None else w_sum / len(run.model_files)
+    return Prediction(ids, out, run, list(note), weights, list(w_names) if w_sum is not None else [])

@@ -8,6 +8,7 @@
     metrics.csv    member,weighted_f1,macro_f1,accuracy (out-of-fold)
     pseudo_labels.csv  stage 2 only: name,discrete of the pseudo-labeled clips it trained on
     oof/<member>.csv  test/<member>.csv   name,<classes...> probabilities
+    router/oof.csv  router/test.csv   name,<expert members...>,fused: mean router weight per clip
     curves/fold<k>_seed<s>.csv  models/fold<k>_seed<s>.pt
 
 A RUN_DIR is published whole or not at all: ``RunWriter`` builds it in a hidden folder beside the
@@ -51,6 +52,7 @@ MEMBER_NAME = re.compile(r"^[\w][\w.+@=-]{0,199}$")  # one path component, never
 PARTIAL_SUFFIX = ".partial"
 CONFIG_MAX_BYTES = 4_000_000
 LOG = logging.getLogger("moe.models")
+ROUTER_DIR = "router"  # router/oof.csv, router/test.csv: per-clip router weights (which expert decided)
 PSEUDO_TABLE = "pseudo_labels.csv"  # stage 2: the pseudo-labeled clips the run trained on
 
 
@@ -211,6 +213,15 @@ class RunWriter:
             raise ValueError(part)
         return write_probs(self.root / part / f"{check_member_name(member, 'members')}.csv", ids, probs, classes)
 
+    def router(self, split: str, ids, weights: np.ndarray, names) -> int:
+        """Per-clip router weights of one split (``router/<split>.csv``: name,<expert members...>[,fused])."""
+        if split not in SPLITS:
+            raise ValueError(split)
+        (self.root / ROUTER_DIR).mkdir(exist_ok=True)
+        for n in names:
+            check_member_name(n, "router weights")
+        return write_probs(self.root / ROUTER_DIR / f"{split}.csv", ids, weights, names)
+
     def metrics(self, rows: list[dict]) -> None:
         self._text("metrics.csv", csv_text(["member", "weighted_f1", "macro_f1", "accuracy"], [
             (r["member"], f"{r['weighted_f1']:.6f}", f"{r['macro_f1']:.6f}", f"{r['accuracy']:.6f}") for r in rows]))
@@ -352,6 +363,15 @@ class Run:
     def probs(self, split: str, member: str, classes=None) -> tuple[list[str], np.ndarray]:
         """(ids, (n, C)) with the columns in ``classes`` order (default: the run's)."""
         return read_probs(self.probs_path(split, member), classes or self.classes)
+
+    def router(self, split: str) -> tuple[list[str], np.ndarray, list[str]] | None:
+        """(ids, (n, K) router weights, column names) of a split, or None (a run without them)."""
+        path = self.root / ROUTER_DIR / f"{split}.csv"
+        if split not in SPLITS or not path.is_file():
+            return None
+        header = read_csv(path)[0]
+        ids, w = read_probs(path)
+        return ids, w, header[1:]
 
     def metrics(self) -> dict[str, dict]:
         header, rows = read_csv(self.root / "metrics.csv", ("member", "weighted_f1"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -89,6 +89,9 @@ class CVResult:
     members: list[dict]
     oof: dict                           # member -> (n_lab, C) averaged over seeds, NaN where absent
     test: dict                          # member -> (n_test, C) averaged over folds and seeds, NaN where absent
+    weight_names: list = field(default_factory=list)   # router columns: experts (+ fused)
+    oof_weights: np.ndarray | None = None               # (n_lab, K) router weights, averaged like oof
+    test_weights: np.ndarray | None = None              # (n_test, K)
 
 
 def resolve_device(name: str) -> str:
@@ -207,21 +210,32 @@ def to_tensors(features, xs_np, replaced: dict, device) -> Tensors:
 
 # ----------------------------------------------------------------------------------------------- loop
 @torch.no_grad()
-def predict_rows(model, tensors: Tensors, rows: np.ndarray, device) -> tuple[dict, dict]:
-    """Member probabilities of ``rows`` (eval mode: BatchNorm running stats, no dropout)."""
+def predict_rows(model, tensors: Tensors, rows: np.ndarray, device, with_weights: bool = False):
+    """Member probabilities of ``rows`` (eval mode: BatchNorm running stats, no dropout) -> (probs,
+    present); with ``with_weights`` also the router (or attention) weights per row, (n, K) or None."""
     model.eval()
     probs: dict = {}
     present: dict = {}
+    weights: list = []
     for start in range(0, len(rows), EVAL_CHUNK):
         idx = torch.as_tensor(rows[start:start + EVAL_CHUNK], dtype=torch.long, device=device)
         out = model(*tensors.take(idx))
         for m, lg in out.logits.items():
             probs.setdefault(m, []).append(torch.softmax(lg.double(), dim=1).cpu())
             present.setdefault(m, []).append(out.present[m].cpu())
+        if out.weights is not None:
+            weights.append(out.weights.double().cpu())
     if not len(rows):
-        return {}, {}
-    return ({m: torch.cat(v).numpy() for m, v in probs.items()},
-            {m: torch.cat(v).numpy().astype(bool) for m, v in present.items()})
+        return ({}, {}, None) if with_weights else ({}, {})
+    res = ({m: torch.cat(v).numpy() for m, v in probs.items()},
+           {m: torch.cat(v).numpy().astype(bool) for m, v in present.items()})
+    return (*res, torch.cat(weights).numpy() if weights else None) if with_weights else res
+
+
+def weight_names(model) -> list[str]:
+    """What each column of the model's router (MoE: experts + fused) or attention weights is."""
+    names = [s.member for s in model.specs]
+    return names + ["fused"] if model.main == "routed" else names
 
 
 def _batches(perm: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -306,6 +320,10 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
     test_sum = {m: np.zeros((len(problem.test_rows), c)) for m in names}
     test_n = {m: np.zeros(len(problem.test_rows)) for m in names}
     result = CVResult(members, {}, {})
+    result.weight_names = weight_names(build_model(cfg.model, specs, c, cfg.arch()))
+    k_w = len(result.weight_names)
+    w_oof, n_w_oof = np.zeros((n_lab, k_w)), np.zeros(n_lab)
+    w_test, n_w_test = np.zeros((len(problem.test_rows), k_w)), 0
     global_norm = global_xs = None
     if cfg.normalize in FOLD_INDEPENDENT:  # same statistics, hence same inputs, in every fold: normalise once
         global_norm = fit_normalizers(problem, cfg.normalize, None)
@@ -358,17 +376,23 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
                 else:
                     curve, best_epoch, best_f1 = train_model(model, tensors, train_rows, y_train, w_train, val_rows,
                                                              problem.y[va], cfg, run_seed, progress=bar)
-                probs, present = predict_rows(model, tensors, val_rows, cfg.device)
+                probs, present, wts = predict_rows(model, tensors, val_rows, cfg.device, with_weights=True)
                 for m in names:
                     ok = present[m]
                     oof_sum[m][va[ok]] += probs[m][ok]
                     oof_n[m][va[ok]] += 1
+                if wts is not None:
+                    w_oof[va] += wts
+                    n_w_oof[va] += 1
                 if len(problem.test_rows):
-                    probs, present = predict_rows(model, tensors, problem.test_rows, cfg.device)
+                    probs, present, wts = predict_rows(model, tensors, problem.test_rows, cfg.device, with_weights=True)
                     for m in names:
                         ok = present[m]
                         test_sum[m][ok] += probs[m][ok]
                         test_n[m][ok] += 1
+                    if wts is not None:
+                        w_test += wts
+                        n_w_test += 1
                 if on_fold is not None:
                     on_fold(fold, seed, saved_model(model, cfg, specs, problem.classes, norms, boosters, fold, seed,
                                                     best_epoch, best_f1), curve)
@@ -379,6 +403,9 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
         with np.errstate(invalid="ignore", divide="ignore"):
             result.oof[m] = oof_sum[m] / oof_n[m][:, None]
             result.test[m] = test_sum[m] / test_n[m][:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result.oof_weights = w_oof / n_w_oof[:, None]
+        result.test_weights = w_test / max(n_w_test, 1)
     return result
 
 
@@ -456,7 +483,7 @@ class SharedInputs:
 
 
 def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, device: str = "cpu",
-                  xs_np: list[np.ndarray] | None = None) -> tuple[dict, dict]:
+                  xs_np: list[np.ndarray] | None = None, with_weights: bool = False):
     """Probabilities of every row of ``features`` (ordered as the saved specs) with one model file.
     ``xs_np``: the features already normalised with this file's statistics (see SharedInputs); only
     read, never written."""
@@ -469,5 +496,7 @@ def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, dev
     tensors = to_tensors(features, xs_np, replaced, device)
     model = build_model(saved["model"], specs, c, saved["arch"]).to(device)
     model.load_state_dict(saved["state_dict"])
-    probs, present = predict_rows(model, tensors, np.arange(len(features[0].present)), device)
-    return probs, present
+    res = predict_rows(model, tensors, np.arange(len(features[0].present)), device, with_weights)
+    if with_weights:
+        return (*res, weight_names(model))  # (probs, present, weights (n, K) or None, their names)
+    return res

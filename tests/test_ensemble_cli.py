@@ -57,10 +57,12 @@ def test_ensemble_writes_submission_csv_details_and_meta(runs, tmp_path):
     assert {r[1] for r in rows[1:]} <= set(MER)
     det = read_rows(tmp_path / "pred.details.csv")
     head = det[0]
-    assert head[:6] == ["name", "discrete", "vote", "n_members", "margin", "changed_by"]
-    assert head[6:] == [f"prob_{c}" for c in MER]
-    probs = np.array([[float(x) for x in r[6:]] for r in det[1:]])
+    assert head[:7] == ["name", "discrete", "vote", "n_members", "margin", "changed_by", "confidence"]
+    assert head[7:] == [f"prob_{c}" for c in MER]
+    probs = np.array([[float(x) for x in r[7:]] for r in det[1:]])
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+    conf = np.array([float(r[6]) for r in det[1:]])
+    assert ((conf > 1 / len(MER)) & (conf <= 1)).all()
     assert [r[:2] for r in det[1:]] == rows[1:]
     meta = json.loads((tmp_path / "pred.meta.json").read_text())
     assert meta["vote"] == "reliance" and len(meta["members"]) == 10
