@@ -3,6 +3,14 @@
 A decoded :class:`Clip` carries 16 kHz mono float32 audio and RGB uint8 frames sampled at a chosen
 rate (with their timestamps). Every extractor of a run receives that same object, so a clip is
 never decoded twice, whatever the number of extractors.
+
+Audio in bounded memory: the decoder never holds more than :data:`AUDIO_MEMORY_SECONDS` of decoded
+audio in memory. A longer clip's audio goes, block by block as it is decoded, to an unlinked
+temporary file (in ``$TMPDIR``, 230 MB per hour at 16 kHz float32; deleted with the clip), and
+``Clip.audio`` is then a read-only-in-effect ``np.memmap`` of it (copy-on-write), so code that reads
+the whole signal still works. Extractors that must stay bounded read it piece by piece with
+:meth:`Clip.audio_chunks` / :meth:`Clip.read_audio`, which read the file with ``pread`` and never
+map the whole signal into the process (``librosa``, ``egemaps``, ``hf-audio`` do).
 """
 from __future__ import annotations
 
@@ -27,6 +35,10 @@ MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 NEEDS = ("audio", "frames", "text")
 
 MIN_AUDIO_SECONDS = 0.1
+
+#: decoded audio up to this length stays in memory (an ordinary array, 7.7 MB at 16 kHz); a longer
+#: clip's audio is kept in an unlinked temporary file in $TMPDIR (see the module docstring)
+AUDIO_MEMORY_SECONDS = 120.0
 
 
 class DecodeError(Exception):
@@ -60,11 +72,18 @@ class DecodeConfig:
 
 @dataclass
 class Clip:
-    """One decoded media file, as handed to every extractor."""
+    """One decoded media file, as handed to every extractor.
+
+    Audio, for extractors that must work in bounded memory whatever the clip's length:
+    :attr:`audio_samples` (its length, without reading it), :meth:`read_audio` (a piece, optionally
+    zero- or edge-padded beyond the signal, as librosa's centred frames need) and
+    :meth:`audio_chunks` (consecutive pieces). ``audio`` itself is the whole signal: an array, or for
+    long clips a memory map of the decoder's temporary file (reading all of it makes the whole
+    signal resident)."""
 
     id: str
     path: str
-    audio: np.ndarray | None = None  # (n,) float32 in [-1, 1] at sample_rate
+    audio: np.ndarray | None = None  # (n,) float32 in [-1, 1] at sample_rate (np.memmap when long)
     sample_rate: int = 16000
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB
     frame_times: np.ndarray | None = None  # (T,) float64 seconds
@@ -83,6 +102,9 @@ class Clip:
     # results derived from the decoded media that several extractors share (the face track), keyed
     # by everything that changes them: computed once per clip, like the decode itself
     shared: dict = field(default_factory=dict)
+    # the unlinked temporary file that holds ``audio`` when the clip is longer than
+    # AUDIO_MEMORY_SECONDS (set by decode()); read_audio() reads it without mapping the whole signal
+    audio_file: object = field(default=None, repr=False, compare=False)
 
     def unavailable(self, needs) -> str | None:
         """Reason why this clip cannot feed an extractor with these needs, or None."""
@@ -90,6 +112,64 @@ class Clip:
             if need in self.missing:
                 return self.missing[need]
         return None
+
+    # -- audio in bounded memory ---------------------------------------------------------------
+    @property
+    def audio_samples(self) -> int:
+        """Number of audio samples (0 without audio); reads nothing."""
+        return 0 if self.audio is None else int(len(self.audio))
+
+    def read_audio(self, start: int, stop: int, pad: str | None = None) -> np.ndarray:
+        """Samples ``[start, stop)`` as a new float32 array, read from the temporary file for a long
+        clip (nothing else of the signal becomes resident). ``pad=None`` cuts the range to the
+        signal; ``pad="constant"`` (zeros) or ``"edge"`` (the first/last sample repeated) returns
+        exactly ``stop - start`` samples, as ``np.pad`` of the whole signal would give."""
+        n = self.audio_samples
+        if stop < start:
+            raise ValueError(f"read_audio: stop {stop} < start {start}")
+        a, b = min(max(start, 0), n), max(min(stop, n), 0)
+        inner = self._read(a, max(a, b))
+        if pad is None:
+            return inner
+        if pad not in ("constant", "edge"):
+            raise ValueError(f"read_audio: pad must be None, 'constant' or 'edge', not {pad!r}")
+        before, after = max(0, min(stop, 0) - start), max(0, stop - max(start, n))
+        if not before and not after:
+            return inner
+        if pad == "edge" and n:
+            left = self._read(0, 1)[0] if before else 0.0
+            right = self._read(n - 1, n)[0] if after else 0.0
+        else:
+            left = right = 0.0
+        out = np.empty(stop - start, np.float32)
+        out[:before] = left
+        out[before:before + len(inner)] = inner
+        out[before + len(inner):] = right
+        return out
+
+    def audio_chunks(self, samples: int):
+        """Consecutive pieces of at most ``samples`` samples covering the whole signal, each a new
+        float32 array (one piece in memory at a time, see :meth:`read_audio`)."""
+        if samples < 1:
+            raise ValueError("audio_chunks: samples must be >= 1")
+        n = self.audio_samples
+        for a in range(0, n, samples):
+            yield self.read_audio(a, min(n, a + samples))
+
+    def _read(self, a: int, b: int) -> np.ndarray:
+        if b <= a:
+            return np.zeros(0, np.float32)
+        f = self.audio_file
+        if f is not None and isinstance(self.audio, np.memmap):
+            out = np.empty(b - a, np.float32)
+            view, offset = memoryview(out).cast("B"), a * 4
+            while len(view):  # pread may return less than asked
+                got = os.preadv(f.fileno(), [view], offset)
+                if got <= 0:
+                    raise OSError(f"{self.path}: temporary audio file ended early")
+                view, offset = view[got:], offset + got
+            return out
+        return np.array(self.audio[a:b], dtype=np.float32)
 
 
 @dataclass
@@ -247,7 +327,7 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
         streams = [s for s, w in ((astream, want_audio), (vstream, want_frames)) if s is not None and w]
         if not streams:
             return clip
-        audio_parts: list[np.ndarray] = []
+        audio_parts = _AudioSink(int(AUDIO_MEMORY_SECONDS * config.sample_rate))
         frames: list[np.ndarray] = []
         times: list[float] = []
         # an error in one stream ends that stream only: the other one's extractors still get theirs
@@ -281,7 +361,7 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
                         if need == "audio":
                             level.add(frame)
                             for out in resampler.resample(frame):
-                                audio_parts.append(out.to_ndarray().reshape(-1))
+                                audio_parts.add(out.to_ndarray().reshape(-1))
                         else:
                             sampler.add(frame, t, frames, times)
                 except Exception as exc:  # noqa: BLE001
@@ -289,7 +369,7 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
             if resampler is not None and "audio" not in errors:
                 try:
                     for out in resampler.resample(None):
-                        audio_parts.append(out.to_ndarray().reshape(-1))
+                        audio_parts.add(out.to_ndarray().reshape(-1))
                 except Exception as exc:  # noqa: BLE001
                     errors["audio"] = _why(exc)
         except Exception as exc:  # demuxing itself failed: the container is damaged from here on
@@ -307,14 +387,16 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
             else:
                 clip.missing[need] = f"decode failed: {label[need]} decoding failed ({why})"
     if want_audio and astream is not None and "audio" not in clip.missing:
-        audio = np.concatenate(audio_parts).astype(np.float32) if audio_parts else np.zeros(0, np.float32)
-        clip.audio = np.clip(audio, -1.0, 1.0)
-        seconds = len(audio) / config.sample_rate
+        seconds = len(audio_parts) / config.sample_rate
         if seconds < MIN_AUDIO_SECONDS:
+            audio_parts.close()
             clip.missing["audio"] = f"audio too short ({seconds:.3f} s < {MIN_AUDIO_SECONDS} s)"
-            clip.audio = None
-        elif notes := level.notes(clip.audio):
-            clip.notes["audio"] = notes
+        else:
+            clip.audio, clip.audio_file = audio_parts.finish()
+            if notes := level.notes(audio_parts.peak):
+                clip.notes["audio"] = notes
+    else:  # audio not asked for, or it failed: a partial temporary file goes now
+        audio_parts.close()
     if want_frames and vstream is not None and "frames" not in clip.missing:
         if frames:
             clip.frames = np.stack(frames)
@@ -349,9 +431,9 @@ class _Level:
         else:
             self.at_rail += int(np.count_nonzero(np.abs(x) >= 1.0))
 
-    def notes(self, audio: np.ndarray) -> list[str]:
+    def notes(self, peak: float) -> list[str]:
+        """Notes on the decoded audio, from its peak (max |x| after the cut to [-1, 1])."""
         out = []
-        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
         if peak <= 10 ** (SILENCE_DBFS / 20):
             db = "-inf" if peak == 0 else f"{20 * math.log10(peak):.0f}"
             out.append(f"silent audio (peak {db} dBFS, below {SILENCE_DBFS:.0f} dBFS)")
@@ -359,6 +441,56 @@ class _Level:
         if self.at_rail >= 10 and share >= CLIPPED_FRACTION:
             out.append(f"clipped audio ({100 * share:.2f}% of samples at or beyond full scale)")
         return out
+
+
+class _AudioSink:
+    """The decoded audio, block by block: cut to [-1, 1], its peak followed; in memory up to
+    ``limit`` samples, beyond that in an unlinked temporary file (so a long clip never holds its
+    whole signal, nor the copies a concatenation makes, in memory). The values are the same either
+    way: float32, cut per block exactly as the whole signal was cut before."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+        self.peak = 0.0
+        self.file = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, block: np.ndarray) -> None:
+        block = np.clip(block.astype(np.float32, copy=False), -1.0, 1.0)
+        if not block.size:
+            return
+        self.peak = max(self.peak, float(np.max(np.abs(block))))
+        if self.file is None and self.n + block.size > self.limit:
+            import tempfile
+
+            self.file = tempfile.TemporaryFile(prefix="moe-audio-")  # unlinked at once: gone with the clip
+            for part in self.parts:
+                self.file.write(part.tobytes())
+            self.parts = []
+        if self.file is not None:
+            self.file.write(block.tobytes())
+        else:
+            self.parts.append(block)
+        self.n += block.size
+
+    def finish(self):
+        """``(audio, file)``: an array (file None), or a copy-on-write memory map of the file."""
+        if self.file is None:
+            audio = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+            self.parts = []
+            return audio, None
+        self.file.flush()
+        return np.memmap(self.file, dtype=np.float32, mode="c", shape=(self.n,)), self.file
+
+    def close(self) -> None:
+        self.parts = []
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def _why(exc: BaseException) -> str:
