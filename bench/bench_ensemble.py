@@ -1,16 +1,18 @@
-"""Benchmark of `ensemble` (prints figures; no assertion).
+"""Benchmark of `ensemble.ensemble` (the library behind `cli.py ensemble`; prints figures, no assertion).
 
 (a) Speed: 20,000 rows to predict x 20 members (4 synthetic RUN_DIRs of 3 experts + fused + routed,
     7,369 labeled out-of-fold rows as in MER2025-SEMI, 6 classes), reliance vote with p tuned, and
     rules class_priority + prior_correction + annotator_override (auto thresholds), annotator answers
-    for every id. Wall time of the whole command (read CSVs, tune, vote, rules, cross-fitted OOF
-    table, write outputs) and of the vote + rules alone. Target: <= 2 s.
+    for every id. Wall time of a whole `ensemble()` call, i.e. the command's work (read CSVs, tune,
+    vote, rules, cross-fitted OOF table, write outputs), and of the vote + rules alone. Target: <= 2 s.
 
 (b) Quality on ../shared/data/emo-av with RUN_DIRs fitted on it (``--runs``; skipped without them):
     out-of-fold weighted F1 (speaker-grouped folds are the fit's job) of the best single member, the
     soft vote, the reliance vote and the reliance vote + rules (emo-av sample: prior correction and
     annotator override with annotator.jsonl), in-sample and cross-fitted; and the same on the runs'
-    predicted ids where emo-av's labels.csv knows them (the unlabeled role, scored only).
+    predicted ids where emo-av's labels.csv knows them (the unlabeled role, scored only). Each vote
+    is one `ensemble()` call scored by `evaluate()`; the best single member is picked from the
+    members `ensemble` reads (ensemble.members), which no API call returns on its own.
 
     python bench/bench_ensemble.py [--rows 20000] [--members 20] [--runs RUN_DIR ...] [--skip-speed]
 """
@@ -82,10 +84,8 @@ def build_speed_case(root: Path, n_rows: int, n_members: int, n_labeled: int, se
 
 
 def bench_speed(args) -> None:
-    from click.testing import CliRunner
-
+    from ensemble import ensemble
     from extract.annotator import load_annotator
-    from ensemble.cli_ensemble import ensemble
     from ensemble.members import load_members
     from ensemble.pipeline import EnsemblePipeline
     from ensemble.reranking import load_rules
@@ -96,15 +96,13 @@ def bench_speed(args) -> None:
         runs, ann, rules = build_speed_case(root, args.rows, args.members, args.labeled)
         print(f"(a) built {len(runs)} RUN_DIRs x 5 members, {args.rows} rows to predict, {args.labeled} OOF rows "
               f"in {time.time() - t:.1f} s")
-        cmd = [str(r) for r in runs] + ["--out", str(root / "pred.csv"), "--rules", str(rules), "--annotator", str(ann)]
         walls, cpus = [], []
-        for _ in range(args.repeat):
+        for _ in range(args.repeat):  # the same output each time: ensemble() replaces its own predictions
             t, c = time.perf_counter(), time.process_time()
-            res = CliRunner().invoke(ensemble, cmd, catch_exceptions=False)
+            res = ensemble(runs, root / "pred.csv", rules=str(rules), annotator=str(ann), progress=False)
             walls.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
-            assert res.exit_code == 0, res.output
-        print(res.output.rstrip())
+        print(_summary(res))
         t = time.perf_counter()
         ms = load_members(runs)
         t_load = time.perf_counter() - t
@@ -118,10 +116,26 @@ def bench_speed(args) -> None:
         t_run = time.perf_counter() - t
         n_members = len(ms.members)
         print(f"(a) {len(ms.target.ids)} rows x {n_members} members, {len(rs.rules)} rules: "
-              f"whole `ensemble` command {min(walls):.2f} s wall, {min(cpus):.2f} s CPU (best of {len(walls)}; "
+              f"whole `ensemble()` call {min(walls):.2f} s wall, {min(cpus):.2f} s CPU (best of {len(walls)}; "
               f"target <= 2 s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); "
               f"of which read RUN_DIRs {t_load:.2f} s, tune on OOF {t_fit:.2f} s, vote + rules on the "
               f"{len(out.ids)} rows {t_run:.3f} s")
+
+
+def _summary(res) -> str:
+    """What `cli.py ensemble` prints of a result, in short."""
+    m = res.meta
+    vote = f"vote {m['vote']}" + (f" (p = {m['power']})" if m["vote"] == "reliance" else "")
+    lines = [f"ensemble: {len(res.run_dirs)} runs, {m['counts']['members']} members, {vote}, tuned on "
+             f"{m['tuned_on']['rows']} out-of-fold rows; predicted {len(res.labels)} ids"]
+    lines += [f"  rule {name}: changed {n} labels" for name, n in res.changes.items()]
+    if res.stages:
+        first, last = res.stages[0], res.stages[-1]
+        lines.append(f"  out-of-fold weighted F1: {first['weighted_f1_in_sample']:.4f} after the vote -> "
+                     f"{last['weighted_f1_in_sample']:.4f} after the rules (cross-fitted "
+                     f"{first.get('weighted_f1_cross_fitted', float('nan')):.4f} -> "
+                     f"{last.get('weighted_f1_cross_fitted', float('nan')):.4f})")
+    return "\n".join(lines)
 
 
 def _load_truth(path: Path) -> dict[str, str]:
@@ -138,15 +152,13 @@ def bench_emo_av(args) -> None:
               "    python cli.py fit --cache CACHE --labels LABELED.csv --features ... --groups speaker "
               "--out runs/emo-av\n    then: python bench/bench_ensemble.py --skip-speed --runs runs/emo-av")
         return
-    from extract.annotator import load_annotator
+    from ensemble import ensemble, evaluate
     from ensemble.members import load_members
-    from ensemble.pipeline import EnsemblePipeline, tuning_folds, cross_fit
-    from ensemble.reranking import load_rules, parse_rules
+    from ensemble.pipeline import tuning_folds
     from ensemble.voting import fast_weighted_f1
 
     ms = load_members(args.runs)
     C = len(ms.classes)
-    ann = load_annotator(EMO_AV / "annotator.jsonl")
     truth = _load_truth(EMO_AV / "labels.csv")
     cidx = {c: i for i, c in enumerate(ms.classes)}
     scored = [i for i, n in enumerate(ms.target.ids) if truth.get(n) in cidx]
@@ -166,17 +178,17 @@ def bench_emo_av(args) -> None:
         cf_pred[held] = ms.tuning.probs[pick_m, held].argmax(1)
     rows.append((f"best single member ({ms.names[best]})", best_f1, fast_weighted_f1(ms.y, cf_pred, C),
                  fast_weighted_f1(y_tgt[ok], tgt_best[ok].argmax(1), C) if ok.any() else float("nan")))
-    recipes = [("soft vote", "soft", parse_rules([], ms.classes)),
-               ("reliance vote", "reliance", parse_rules([], ms.classes)),
-               ("reliance vote + rules (emo-av.yaml)", "reliance", load_rules(args.rules, ms.classes))]
-    for title, vote, rules in recipes:
-        pipe = EnsemblePipeline(ms.classes, vote, "auto", rules, ann).fit(ms.tuning, ms.y)
-        oof = pipe.run(ms.tuning).final.labels
-        cf = cross_fit(pipe, ms.tuning, ms.y)
-        tgt = pipe.run(ms.target).final.labels[scored]
-        rows.append((title, fast_weighted_f1(ms.y, oof, C),
-                     fast_weighted_f1(ms.y, cf[1][-1], C) if cf else float("nan"),
-                     fast_weighted_f1(y_tgt, tgt, C) if len(scored) else float("nan")))
+    recipes = [("soft vote", "soft", None), ("reliance vote", "reliance", None),
+               ("reliance vote + rules (emo-av.yaml)", "reliance", args.rules)]
+    nan = float("nan")
+    with tempfile.TemporaryDirectory() as tmp:  # fresh outputs: predictions and reports of this bench only
+        for k, (title, vote, rules) in enumerate(recipes):
+            res = ensemble(args.runs, Path(tmp) / f"recipe{k}.csv", vote=vote, rules=rules,
+                           annotator=str(EMO_AV / "annotator.jsonl") if rules else None, progress=False)
+            last = res.stages[-1] if res.stages else {}  # out-of-fold, after the vote and every rule
+            held = evaluate(res.predictions, EMO_AV / "labels.csv").metrics["weighted_f1"] if scored else nan
+            rows.append((title, last.get("weighted_f1_in_sample", nan), last.get("weighted_f1_cross_fitted", nan),
+                         held))
     width = max(len(r[0]) for r in rows)
     print(f"    {'weighted F1':<{width}}  OOF in-sample  OOF cross-fitted  predicted ids")
     for title, a, b, c in rows:

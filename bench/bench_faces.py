@@ -14,15 +14,15 @@ For each of ``emo-av`` and ``mead-samples`` under --data (skipped when absent):
        ARCHITECTURE.md, 0.712, was measured this way);
      - the AU expert, the face-cnn expert (vendored FER2013 mini-Xception on face crops: the offline
        image encoder) and, with --image-model PATH, an hf-image expert on face crops, each alone
-       through `cli.py fit --groups speaker` (speaker-grouped folds, out-of-fold weighted F1).
+       through `models.fit` (`cli.py fit`'s library) with folds grouped by the face's person
+       (out-of-fold weighted F1), on features from `extract.extract`.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -173,28 +173,24 @@ def role_split_f1(feats: dict, data: Path) -> None:
 
 def _routed_f1(run_dir: Path, which: str, truth: dict) -> float:
     """Weighted F1 of a RUN_DIR's routed probabilities (oof/ or test/) against the true labels."""
-    import json
-
     from sklearn.metrics import f1_score
 
-    from models.run_dir import read_probs
+    from models import open_run
 
-    classes = json.loads((run_dir / "classes.json").read_text())
-    ids, probs = read_probs(run_dir / which / "routed.csv")
-    pred = [classes[i] for i in probs.argmax(axis=1)]
+    run = open_run(run_dir)
+    ids, probs = run.probs(which, run.routed_member())
+    pred = [run.classes[i] for i in probs.argmax(axis=1)]
     return f1_score([truth[i] for i in ids], pred, average="weighted")
 
 
 def fit_figures(data: Path, fps: float, image_model: str | None) -> None:
-    if not (ROOT / "models" / "cli_fit.py").is_file():
-        print("(c) AU / image expert through `cli.py fit`: skipped: the fit stage (models/cli_fit.py) is not "
-              "installed in this checkout")
-        return
-    help_text = subprocess.run([sys.executable, "cli.py", "fit", "--help"], cwd=ROOT, capture_output=True,
-                               text=True).stdout
-    if not help_text:
-        print("(c) `cli.py fit` is not wired into cli.py yet: skipped")
-        return
+    import torch
+
+    from extract import extract
+    from extract.errors import UserError
+    from models import fit
+
+    logging.getLogger("moe.models").setLevel(logging.ERROR)  # as before: the table only (warnings in .notes)
     # emo-av pairs EmoDB voices with CK+ faces of other people: for a face expert the person to keep
     # out of training is the face subject (a CK+ sequence recurs in up to 4 clips, across speakers)
     rows = read_csv(data / "labels.csv")
@@ -209,26 +205,27 @@ def fit_figures(data: Path, fps: float, image_model: str | None) -> None:
             w.writerow(["name", "discrete", group])
             w.writerows([r["name"], r["discrete"], r[group]] for r in rows if role.get(r["name"]) == "labeled")
         feats = ["face-au", "face-cnn"] + ([f"hf-image:model={image_model},crop=face"] if image_model else [])
-        subprocess.run([sys.executable, "cli.py", "extract", str(data), "--cache", str(cache), "--features",
-                        ",".join(feats), "--fps", str(fps), "--no-progress"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-        print(f"(c) each face expert alone through `cli.py fit --groups {group} --folds 5` ({fps:g} fps), routed "
+        extract(data, cache, features=tuple(feats), fps=fps, progress=False)
+        print(f"(c) each face expert alone through `fit(groups={group!r}, folds=5)` ({fps:g} fps), routed "
               "output, weighted F1:")
         print(f"| expert | OOF, all 287 clips, grouped by {group} | trained on the labeled role, scored on the "
               "unlabeled role (other voices, other faces) |")
         print("|---|---|---|")
-        for feature in [f.split(":")[0] for f in feats]:
-            cells = []
-            for name, labels_csv in (("all", data / "labels.csv"), ("role", labeled)):
-                out = Path(tmp) / f"run-{feature}-{name}"
-                cmd = [sys.executable, "cli.py", "fit", "--cache", str(cache), "--labels", str(labels_csv),
-                       "--features", feature, "--groups", group, "--folds", "5", "--out", str(out), "--threads", "1"]
-                res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-                if res.returncode != 0:
-                    cells.append(f"failed: {res.stderr.strip().splitlines()[-1:]}")
-                    continue
-                cells.append(f"{_routed_f1(out, 'oof' if name == 'all' else 'test', truth):.3f}")
-            print(f"| {feature} | " + " | ".join(cells) + " |")
+        threads = torch.get_num_threads()  # fit(threads=1) sets it process-wide: restored for the speed parts
+        try:
+            for feature in [f.split(":")[0] for f in feats]:
+                cells = []
+                for name, labels_csv in (("all", data / "labels.csv"), ("role", labeled)):
+                    out = Path(tmp) / f"run-{feature}-{name}"
+                    try:
+                        fit(cache, labels_csv, feature, out, groups=group, folds=5, threads=1, progress=False)
+                    except UserError as exc:
+                        cells.append(f"failed: {str(exc).strip().splitlines()[-1:]}")
+                        continue
+                    cells.append(f"{_routed_f1(out, 'oof' if name == 'all' else 'test', truth):.3f}")
+                print(f"| {feature} | " + " | ".join(cells) + " |")
+        finally:
+            torch.set_num_threads(threads)
     if not image_model:
         print("    hf-image expert: skipped: no transformers image-encoder weights on this machine (no model hub); "
               "pass --image-model PATH (a CLIP or DINOv2 folder saved with save_pretrained). face-cnn above is "
@@ -242,7 +239,7 @@ def main():
     ap.add_argument("--clips", type=int, default=None, help="at most this many clips per data set")
     ap.add_argument("--image-model", default=None)
     ap.add_argument("--fit-fps", type=float, default=5.0, help="frames per second for the experts of (c)")
-    ap.add_argument("--skip-speed", action="store_true", help="only (c) through `cli.py fit`")
+    ap.add_argument("--skip-speed", action="store_true", help="only (c) through `models.fit`")
     ap.add_argument("--pyfeat-random-fullsize", action="store_true",
                     help="measure the py-feat backend's speed on full-size random-weight networks (no hub here)")
     ap.add_argument("--skip-fit", action="store_true", help="only (a) and (b)")

@@ -1,4 +1,4 @@
-"""Benchmark of `cli.py fit` (prints figures; no assertion).
+"""Benchmark of `models.fit`, the library behind `cli.py fit` (prints figures; no assertion).
 
 (a) MER-sized synthetic features: 7,369 clips x 6 experts x 1024-d vectors, 6 classes, 5 folds x 1
     seed: wall time and peak RSS of the MoE and of the attention baseline, each fitted in its own
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -30,22 +31,24 @@ EMO_AV = REPO.parent / "shared" / "data" / "emo-av"
 
 
 def _child(args) -> None:
-    """Fit one model in this process and print one JSON line (time, peak RSS, routed metrics)."""
+    """Fit one model in this process and print one JSON line (time, peak RSS, routed metrics). Each model
+    is fitted in a process of its own so that its peak RSS is its own (ru_maxrss never goes down)."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from models.cli_fit import run_fit
+    from models import fit, open_run
 
     t0 = time.time()
-    rep = run_fit(args.cache, args.labels, args.features, args.out, model=args.model, folds=args.folds,
-                  seeds="0", epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-                  device="cpu", progress=False, warn=lambda m: None)
+    res = fit(args.cache, args.labels, args.features, args.out, model=args.model, folds=args.folds,
+              seeds="0", epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+              device="cpu", progress=False)
     seconds = time.time() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    curves = sorted(Path(args.out, "curves").glob("*.csv"))
-    epochs = [sum(1 for _ in open(c)) - 1 for c in curves]
-    main = [r for r in rep.metrics if r["kind"] == "routed"][0]
+    run = open_run(res.run_dir)  # the learning curves: curves/fold<k>_seed<s>.csv of the run's record
+    curves = sorted(rel for rel in run.record["files"] if rel.startswith("curves/") and rel.endswith(".csv"))
+    epochs = [sum(1 for _ in open(run.root / c)) - 1 for c in curves]
+    main = [r for r in res.metrics if r["kind"] == "routed"][0]
     print(json.dumps({"model": args.model, "seconds": seconds, "peak_rss_mb": rss, "epochs": epochs,
                       "weighted_f1": main["weighted_f1"], "threads": torch.get_num_threads()}))
 
@@ -93,10 +96,10 @@ def _read_csv(path) -> list[dict]:
 
 def part_b(args) -> None:
     from extract.cache import FeatureCache
-    from models.cli_fit import run_fit
+    from models import fit, open_run
     from models.metrics import scores
-    from models.run_dir import read_probs
 
+    logging.getLogger("moe.models").setLevel(logging.ERROR)  # figures only: each fit keeps its warnings in .notes
     if not EMO_AV.is_dir():
         print(f"(b) skipped: {EMO_AV} is absent")
         return
@@ -130,14 +133,13 @@ def part_b(args) -> None:
         for model in ("moe", "attention"):
             out = work / f"run_{model}_{mode}"
             t0 = time.time()
-            rep = run_fit(args.cache, str(train_csv), ",".join(keys), str(out), model=model, folds=folds,
-                          seeds=args.seeds, groups="speaker", normalize=mode, group_table=str(groups_csv),
-                          epochs=args.b_epochs, batch_size=32, patience=args.b_patience, device="cpu",
-                          progress=False, warn=lambda m: None)
-            for r in rep.metrics:
-                ids, p = read_probs(out / "test" / f"{r['member']}.csv")
-                classes = json.loads((out / "classes.json").read_text())
-                y = [classes.index(labels[i]["discrete"]) for i in ids]
+            res = fit(args.cache, train_csv, keys, out, model=model, folds=folds, seeds=args.seeds,
+                      groups="speaker", normalize=mode, group_table=str(groups_csv), epochs=args.b_epochs,
+                      batch_size=32, patience=args.b_patience, device="cpu", progress=False)
+            run = open_run(res.run_dir)
+            for r in res.metrics:
+                ids, p = run.probs("test", r["member"])
+                y = [run.classes.index(labels[i]["discrete"]) for i in ids]
                 held = scores(y, p.argmax(1)) if len(ids) else {"weighted_f1": float("nan")}
                 name = r["member"] if r["kind"] != "routed" else ("MoE (routed)" if model == "moe" else "attention")
                 table.setdefault(name, {})[mode] = (r["weighted_f1"], held["weighted_f1"])

@@ -1,11 +1,11 @@
 """Benchmark of consensus pseudo-labels and stage-2 training on ../shared/data/emo-av (prints figures).
 
 1. A feature cache (librosa, egemaps, face-au) of the 287 clips: reused when --cache already holds
-   those three extractors, else `cli.py extract` fills it (default: OUT/cache, git-ignored).
-2. Stage 1: `fit` on the labeled role only (speakers 03 08 09 10), cross-validated grouped by
+   those three extractors, else `extract.extract` fills it (default: OUT/cache, git-ignored).
+2. Stage 1: `models.fit` on the labeled role only (speakers 03 08 09 10), cross-validated grouped by
    speaker, --normalize pool, 1 torch thread; the unlabeled role (speakers 11-14, other faces) is
    predicted.
-3. `pseudo-label` with annotator.jsonl over the 160 unlabeled-role clips at a few --min-confidence
+3. `models.pseudo_label` with annotator.jsonl over the 160 unlabeled-role clips at a few --min-confidence
    values: coverage (kept / 160) and precision against the withheld labels, per class too.
 4. Stage 2 (`--stage2 joint` and `pretrain-finetune`, --pseudo-weight 0.5 (the CLI default) and 1.0)
    on the pseudo file of one threshold fixed in advance (--stage2-threshold): out-of-fold weighted F1
@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,10 +73,13 @@ def ensure_cache(cache: Path) -> tuple[Path, list[str]]:
     found = have()
     missing = [n for n, k in found.items() if k is None]
     if missing:
-        cmd = [sys.executable, "cli.py", "extract", str(EMO_AV), "--cache", str(cache), "--features",
-               ",".join(missing), "--jobs", "2"]
-        print(f"extracting {', '.join(missing)} into {cache}: {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, cwd=REPO, check=True)
+        from extract import extract
+
+        print(f"extracting {', '.join(missing)} into {cache}: extract({str(EMO_AV)!r}, {str(cache)!r}, "
+              f"features={','.join(missing)!r}, jobs=2)", flush=True)
+        summary = extract(EMO_AV, cache, features=",".join(missing), jobs=2, progress=sys.stderr.isatty())
+        print(f"  {summary.clips} clips, {summary.decoded} decoded, {len(summary.failures)} failures "
+              f"in {summary.seconds:.0f} s", flush=True)
         found = have()
         if any(k is None for k in found.values()):
             raise SystemExit(f"cache {cache} still lacks {[n for n, k in found.items() if k is None]} after extract")
@@ -120,9 +123,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # the CPU is shared: same as `cli.py fit --threads 1`
-    from models.cli_fit import run_fit
-    from models.cli_pseudo import run_pseudo_label
-    from models.run_dir import read_probs
+    from models import fit, open_run, pseudo_label
+
+    # warnings of fit / pseudo_label go to the moe.* loggers (and each result's .notes): print them as before
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    moe_log = logging.getLogger("moe")
+    moe_log.addHandler(handler)
+    moe_log.propagate = False
 
     t_all = time.time()
     out = Path(args.out).resolve()
@@ -135,18 +144,16 @@ def main() -> None:
     labeled_rows = [(r["name"], r["discrete"], r["speaker"]) for r in _read_csv(EMO_AV / "labels.csv")
                     if role.get(r["name"]) == "labeled"]  # discrete of labeled-role rows only
     train_csv = _write_csv(out / "labeled_role.csv", ["name", "discrete", "speaker"], sorted(labeled_rows))
-    ids_csv = _write_csv(out / "unlabeled_ids.csv", ["name"], [[n] for n in unlabeled])  # names only
     folds = len({s for _, _, s in labeled_rows})
     common = dict(classes=CLASSES, groups="speaker", folds=folds, seeds=args.seeds, normalize="pool",
-                  epochs=args.epochs, patience=args.patience, device="cpu", progress=False,
-                  warn=lambda m: print(f"  warning: {m}"))
+                  epochs=args.epochs, patience=args.patience, device="cpu", progress=False)
     print(f"emo-av: {len(labeled_rows)} labeled-role clips ({folds} speaker folds, seeds {args.seeds}), "
           f"{len(unlabeled)} unlabeled-role clips; features {features}; --normalize pool, 1 thread")
 
     timings = {}
     t0 = time.time()
     s1 = out / "stage1"
-    run_fit(str(cache), str(train_csv), features, str(s1), **common)
+    fit(cache, train_csv, keys, s1, **common)
     timings["stage 1 fit"] = time.time() - t0
     print(f"stage 1: {timings['stage 1 fit']:.0f} s -> {s1}", flush=True)
 
@@ -157,9 +164,10 @@ def main() -> None:
     sels = {}
     for thr in thresholds:
         path = out / f"pseudo_min{thr:g}.csv"
-        sels[thr] = (path, run_pseudo_label(str(s1), str(cache), str(EMO_AV / "annotator.jsonl"), str(path),
-                                            ids_csv=str(ids_csv), min_confidence=thr, device="cpu",
-                                            warn=lambda m: print(f"  warning: {m}")))
+        # candidates: the unlabeled-role names only (no label)
+        res = pseudo_label(s1, cache, EMO_AV / "annotator.jsonl", path, ids=unlabeled, min_confidence=thr,
+                           device="cpu", progress=False)
+        sels[thr] = (res.path, res)
     timings["pseudo-label"] = time.time() - t0
 
     runs = {"stage 1": s1}
@@ -170,15 +178,15 @@ def main() -> None:
             name = f"stage 2 {mode} w={w:g}"
             d = out / f"stage2_{mode}_w{w:g}"
             t1 = time.time()
-            run_fit(str(cache), str(train_csv), features, str(d), pseudo=str(pseudo_path), stage2=mode,
-                    pseudo_weight=w, **common)
+            fit(cache, train_csv, keys, d, pseudo=str(pseudo_path), stage2=mode, pseudo_weight=w, **common)
             print(f"{name}: {time.time() - t1:.0f} s -> {d}", flush=True)
             runs[name] = d
     timings["stage 2 fits"] = time.time() - t0
 
     # ---- scoring: the withheld labels of the unlabeled role are read from here on only ----
     truth = _Truth(EMO_AV / "labels.csv", unlabeled).label
-    classes = json.loads((s1 / "classes.json").read_text())
+    run1 = open_run(s1)
+    classes = run1.classes
     n_un = len(unlabeled)
     ann = {}
     with open(EMO_AV / "annotator.jsonl", encoding="utf-8") as fh:
@@ -188,7 +196,7 @@ def main() -> None:
                 ann[o["name"]] = o["label"]
     ann_acc = sum(ann.get(n) == truth[n] for n in unlabeled) / n_un
     ann_out = sum(ann.get(n) not in classes for n in unlabeled)
-    ids1, p1 = read_probs(s1 / "test" / "routed.csv", classes)
+    ids1, p1 = run1.probs("test", run1.routed_member())
     s1_acc = sum(classes[int(p.argmax())] == truth[i] for i, p in zip(ids1, p1)) / len(ids1)
 
     print(f"\n### Consensus pseudo-labels on the {n_un} unlabeled-role clips (stage-1 routed MoE == annotator)\n")
@@ -223,9 +231,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     base = {}
     for name, d in runs.items():
-        metrics = {r["member"]: float(r["weighted_f1"]) for r in _read_csv(d / "metrics.csv")}
+        run = open_run(d)
+        metrics = {m: float(r["weighted_f1"]) for m, r in run.metrics().items()}
         for member in ("routed", "fused"):
-            ids, p = read_probs(d / "test" / f"{member}.csv", classes)
+            ids, p = run.probs("test", member, classes)
             f_all, _, _ = wf1(truth, ids, p, classes)
             f_rest, n_rest, correct = wf1(truth, ids, p, classes, rest)
             if name == "stage 1":
@@ -248,7 +257,7 @@ def main() -> None:
         if name != "stage 1":
             by_mode.setdefault(name.rsplit(" w=", 1)[0], []).append(d)
     for mode, dirs in by_mode.items():
-        probs = [read_probs(d / "test" / "routed.csv", classes)[1] for d in dirs]
+        probs = [open_run(d).probs("test", "routed", classes)[1] for d in dirs]
         if len(probs) > 1 and all((p == probs[0]).all() for p in probs[1:]):
             print(f"{mode}: identical predictions for every --pseudo-weight (the pseudo rows are alone in "
                   f"the pre-training loss, whose weighted mean cancels a uniform weight).")
