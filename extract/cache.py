@@ -18,18 +18,33 @@ on POSIX. A SIGKILL at any moment therefore leaves either a complete shard or a 
 that readers ignore (and the next writer deletes): at most the clips still being computed or
 waiting in the buffer are lost, and a re-run computes exactly those. Compaction merges small
 shards into one bigger shard by the same write-then-rename route, then deletes the old ones; if
-killed in between, a clip appears in two shards with identical data and the reader keeps one.
+killed in between, a clip appears in two shards with identical data and the reader keeps one; the
+merged shard lists the shards it was made from (dataset ``merged_from``), so the next compaction
+first deletes those that are still there instead of merging them a second time.
+
+Faults (disk full, a cache made read-only, no permission, a quota). A shard is built in memory first
+and then written with plain ``os.write`` calls into space reserved beforehand (``posix_fallocate``):
+HDF5 never sees a failing write (its file-object driver crashed the process on one). Every write
+(shards, meta.json, the lock's pid file, compaction's deletes) turns an ``OSError`` into
+:class:`CacheWriteError`, one message naming the cache, the file and the cause; the shards already
+written stay valid, so a re-run resumes.
+
+Readers vs compaction. A reader lists the shards and then opens them; a compaction (in another
+process) may delete a listed shard in between. A shard that vanished is not an error: the reader
+lists again and retries (a bounded number of times); only a shard that is there but cannot be read
+is reported as unreadable.
 
 A changed config (or extractor version) gives a different hash and so a different key: results of
 two configs never mix. Clip ids are the media path relative to the video folder without extension.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +52,8 @@ import numpy as np
 
 KINDS = ("vector", "layers", "series", "record")
 SHARD_GLOB = "part-*.h5"
+MERGED_TAG = "compact"  # shards written by compaction end in "-compact.h5"
+READ_RETRIES = 5  # times a reader lists the shards again when one vanished (merged away) under it
 _STR = None  # h5py string dtype, created lazily
 
 
@@ -46,6 +63,46 @@ class CacheError(Exception):
 
 class CacheLockedError(CacheError):
     pass
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class CacheWriteError(CacheError):
+    """The cache could not be written: disk full, read-only, no permission, quota... ``str()`` is one
+    line: the cache, what was being written, the cause, what is safe (``saved``, set by the caller
+    that knows it) and what to do."""
+
+    def __init__(self, root, doing: str, exc: OSError, saved: str | None = None):
+        super().__init__(doing)
+        self.root = Path(root)
+        self.doing = doing
+        self.errno = exc.errno
+        cause = exc.strerror or str(exc)
+        self.cause = cause[:1].lower() + cause[1:]
+        self.saved = saved
+
+    @property
+    def advice(self) -> str:
+        if self.errno in _NO_SPACE:
+            return "free space (or raise the quota) and re-run to resume"
+        if self.errno in _NOT_WRITABLE:
+            return "make the cache writable (or pass another --cache) and re-run to resume"
+        return "fix the cause and re-run to resume"
+
+    def __str__(self) -> str:
+        return "; ".join(x for x in (f"cache {self.root}: {self.cause} while {self.doing}", self.saved, self.advice)
+                         if x)
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """An OSError the file system raised (it has an errno), not a library's OSError about data."""
+    return isinstance(exc, OSError) and not isinstance(exc, CacheError) and exc.errno is not None
+
+
+class _Vanished(Exception):
+    """A shard listed a moment ago is gone (merged away by a compaction): list again."""
 
 
 def config_hash(payload: dict) -> str:
@@ -110,17 +167,28 @@ class CacheLock:
     def __enter__(self):
         import filelock
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = filelock.FileLock(str(self.path), timeout=0)
         try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            holder = _read_text(self.path.with_suffix(".pid")) or "unknown"
-            raise CacheLockedError(
-                f"cache {self.path.parent} is in use by another extract (pid {holder.strip()}); "
-                "wait for it to finish, or pass another --cache"
-            ) from None
-        self.path.with_suffix(".pid").write_text(f"{os.getpid()}\n")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = filelock.FileLock(str(self.path), timeout=0)
+            try:
+                self._lock.acquire()
+            except filelock.Timeout:
+                holder = _read_text(self.path.with_suffix(".pid")) or "unknown"
+                raise CacheLockedError(
+                    f"cache {self.path.parent} is in use by another extract (pid {holder.strip()}); "
+                    "wait for it to finish, or pass another --cache"
+                ) from None
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise CacheWriteError(self.path.parent, f"taking its lock {self.path}", exc) from None
+        try:
+            self.path.with_suffix(".pid").write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            self._lock.release()
+            if not is_write_error(exc):
+                raise
+            raise CacheWriteError(self.path.parent, f"writing {self.path.with_suffix('.pid')}", exc) from None
         return self
 
     def __exit__(self, *exc):
@@ -153,7 +221,8 @@ def atomic_open(path, newline: str | None = None, binary: bool = False):
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only folder: the cause is the error above, not this
+            tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
@@ -293,7 +362,12 @@ class FeatureSet:
         return self._meta
 
     def write_meta(self, meta: dict) -> None:
-        atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+        try:
+            atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise CacheWriteError(self.path.parent, f"writing {self.path / 'meta.json'}", exc) from None
         self._meta = None
 
     @property
@@ -303,19 +377,27 @@ class FeatureSet:
     def shards(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))
 
-    def _load_index(self) -> None:
-        import h5py
+    def _retrying(self, attempt):
+        """Run ``attempt()`` (which lists and opens shards); when a listed shard vanished (merged
+        away by a compaction in another process), forget the index, list again and retry."""
+        for n in range(READ_RETRIES):
+            try:
+                return attempt()
+            except _Vanished:
+                self.refresh()
+                time.sleep(0.02 * n)
+        raise CacheError(f"feature set {self.path} changed {READ_RETRIES} times while being read (an extract "
+                         "is compacting it); nothing is wrong with it: read again when that extract has finished")
 
+    def _load_index(self) -> None:
+        self._retrying(self._load_index_once)
+
+    def _load_index_once(self) -> None:
         index: dict[str, tuple[Path, int]] = {}
         failures: dict[str, str] = {}
         for shard in self.shards():
-            try:
-                with h5py.File(shard, "r") as f:
-                    ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]] if "ids" in f else []
-                    fids = f["failed_ids"].asstr()[()] if "failed_ids" in f else []
-                    freasons = f["failed_reasons"].asstr()[()] if "failed_reasons" in f else []
-            except OSError as exc:  # cannot happen for renamed shards, but never let one file kill a read
-                raise CacheError(f"shard {shard} is unreadable ({exc}); delete it and re-run extract") from exc
+            with _open_shard(shard) as f:
+                ids, fids, freasons = _shard_ids(f)
             for row, cid in enumerate(ids):
                 index.setdefault(cid, (shard, row))
             for cid, reason in zip(fids, freasons):
@@ -339,15 +421,43 @@ class FeatureSet:
 
     def sources(self) -> dict[str, str]:
         """id -> input source, for feature sets that record one (text features: csv or asr)."""
-        import h5py
+        def attempt():
+            out: dict[str, str] = {}
+            for shard in self.shards():
+                with _open_shard(shard) as f:
+                    if "sources" in f:
+                        for cid, src in zip(f["ids"].asstr()[()], f["sources"].asstr()[()]):
+                            out.setdefault(cid, src)
+            return out
 
-        out: dict[str, str] = {}
+        return self._retrying(attempt)
+
+    def dims(self) -> list | None:
+        """The shape of one clip's value (series: of the first clip), from meta.json, or from the
+        first shard holding data when meta.json has none (a run killed before it recorded them)."""
+        dims = self.meta.get("dims")
+        if dims or self.kind == "record":
+            return list(dims) if dims else None
+        return self._retrying(self._dims_from_shards)
+
+    def _dims_from_shards(self) -> list | None:
         for shard in self.shards():
-            with h5py.File(shard, "r") as f:
-                if "sources" in f:
-                    for cid, src in zip(f["ids"].asstr()[()], f["sources"].asstr()[()]):
-                        out.setdefault(cid, src)
-        return out
+            with _open_shard(shard) as f:
+                if "data" not in f or not len(f["data"]):
+                    continue
+                if self.kind == "series":
+                    offsets = f["offsets"]
+                    return [int(offsets[1] - offsets[0]), int(f["data"].shape[1])]
+                return [int(n) for n in f["data"].shape[1:]]
+        return None
+
+    def ensure_dims(self) -> None:
+        """Record the dims in meta.json if it has none yet and a shard holds data."""
+        if self.kind == "record" or self.meta.get("dims"):
+            return
+        dims = self.dims()
+        if dims:
+            self.write_meta({**self.meta, "dims": dims})
 
     def read(self, ids, missing: str = "mask", max_len: int | None = None, pooled: bool = False) -> FeatureBatch:
         """Values for ``ids`` in that order.
@@ -356,23 +466,26 @@ class FeatureSet:
         pooled: for series, return the stored pooled vector (n, D') instead of the padded series.
         max_len: for series, keep at most this many frames per clip (evenly subsampled).
         """
-        import h5py
-
         ids = list(ids)
-        if self._index is None:
-            self._load_index()
-        absent = [i for i in ids if i not in self._index]
-        if absent and missing == "raise":
-            raise CacheError(f"{len(absent)} ids have no value in {self.key} (first: {absent[:5]})")
-        by_shard: dict[Path, list[tuple[int, int]]] = {}
-        for pos, cid in enumerate(ids):
-            if cid in self._index:
-                shard, row = self._index[cid]
-                by_shard.setdefault(shard, []).append((pos, row))
-        values: list = [None] * len(ids)
-        for shard, pairs in by_shard.items():
-            with h5py.File(shard, "r") as f:
-                _read_rows(f, self.kind, pairs, values, pooled)
+
+        def attempt():
+            if self._index is None:
+                self._load_index_once()
+            absent = [i for i in ids if i not in self._index]
+            if absent and missing == "raise":
+                raise CacheError(f"{len(absent)} ids have no value in {self.key} (first: {absent[:5]})")
+            by_shard: dict[Path, list[tuple[int, int]]] = {}
+            for pos, cid in enumerate(ids):
+                if cid in self._index:
+                    shard, row = self._index[cid]
+                    by_shard.setdefault(shard, []).append((pos, row))
+            values: list = [None] * len(ids)
+            for shard, pairs in by_shard.items():
+                with _open_shard(shard) as f:
+                    _read_rows(f, self.kind, pairs, values, pooled)
+            return values
+
+        values = self._retrying(attempt)
         present = np.array([v is not None for v in values], dtype=bool)
         fails = {i: self._failures[i] for i in ids if i in self._failures}
         kind = "vector" if (pooled and self.kind == "series") else self.kind
@@ -385,14 +498,51 @@ class FeatureSet:
                 if v is not None:
                     data[i] = v
             return FeatureBatch(self.key, ids, kind, data, present, failures=fails)
-        return _pad_series(self.key, ids, values, present, fails, max_len, self.meta.get("dims"))
+        return _pad_series(self.key, ids, values, present, fails, max_len, None if present.any() else self.dims())
 
     def _shape(self, values, kind) -> tuple:
         for v in values:
             if v is not None:
                 return tuple(np.shape(v))
-        dims = self.meta.get("dims")
+        if kind == "vector" and self.kind == "series":  # pooled vectors of a series set
+            return self._pooled_shape()
+        dims = self.dims()
         return tuple(dims) if dims else (0,)
+
+    def _pooled_shape(self) -> tuple:
+        def attempt():
+            for shard in self.shards():
+                with _open_shard(shard) as f:
+                    if "pooled" in f:
+                        return tuple(int(n) for n in f["pooled"].shape[1:])
+            return (0,)
+
+        return self._retrying(attempt)
+
+
+@contextmanager
+def _open_shard(shard: Path):
+    """An open shard; :class:`_Vanished` if it is gone since it was listed (merged away), a
+    CacheError if it is there but unreadable."""
+    import h5py
+
+    try:
+        f = h5py.File(shard, "r")
+    except OSError as exc:
+        if not shard.exists():
+            raise _Vanished(shard) from None
+        # cannot happen for renamed shards, but never let one file kill a read
+        raise CacheError(f"shard {shard} is unreadable ({exc}); delete it and re-run extract") from exc
+    with f:
+        yield f
+
+
+def _shard_ids(f) -> tuple[list[str], list[str], list[str]]:
+    """A shard's clip ids (rows of data), failed ids and their reasons."""
+    ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]] if "ids" in f else []
+    fids = list(f["failed_ids"].asstr()[()]) if "failed_ids" in f else []
+    freasons = list(f["failed_reasons"].asstr()[()]) if "failed_reasons" in f else []
+    return ids, fids, freasons
 
 
 def _read_rows(f, kind, pairs, values, pooled) -> None:
@@ -444,7 +594,11 @@ def _pad_series(key, ids, values, present, fails, max_len, dims) -> FeatureBatch
 
 
 class ShardWriter:
-    """Buffers results of one feature set and writes them as atomically renamed shards."""
+    """Buffers results of one feature set and writes them as atomically renamed shards.
+
+    ``written`` holds the clip ids this writer has put in shards (values and failures); a write
+    that fails (:class:`CacheWriteError`) keeps the buffer, so nothing computed is dropped silently.
+    The set's dims go to meta.json as soon as its first shard with data is written."""
 
     def __init__(self, fs: FeatureSet, kind: str, run_attrs: dict | None = None):
         self.fs = fs
@@ -454,8 +608,10 @@ class ShardWriter:
         self.fails: list[tuple[str, str]] = []
         self.seq = 0
         self.dims: tuple | None = None
+        self.written: set[str] = set()
         for stale in fs.path.glob(".part-*.tmp"):  # left by a killed writer: never complete
-            stale.unlink(missing_ok=True)
+            with suppress(OSError):  # a read-only cache: the first write says so, in one message
+                stale.unlink(missing_ok=True)
 
     def __len__(self):
         return len(self.items) + len(self.fails)
@@ -476,10 +632,15 @@ class ShardWriter:
         path = write_shard(new_shard_path(self.fs, f"{self.seq:05d}"), self.kind, self.items, self.fails,
                            self.run_attrs)
         self.seq += 1
-        if self.items and self.kind != "record":
-            self.dims = tuple(np.shape(self.items[0][1].data))
+        first = self.items[0][1] if self.items else None
+        self.written.update(cid for cid, _ in self.items)
+        self.written.update(cid for cid, _ in self.fails)
         self.items, self.fails = [], []
         self.fs.refresh()
+        if first is not None and self.kind != "record" and self.dims is None:
+            self.dims = tuple(np.shape(first.data))
+            if not self.fs.meta.get("dims"):  # now, not at the end: a run killed later still has them
+                self.fs.write_meta({**self.fs.meta, "dims": list(self.dims)})
         return path
 
 
@@ -495,23 +656,68 @@ def new_shard_path(fs: "FeatureSet", tag: str) -> Path:
             return path
 
 
-def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None) -> Path:
-    """Write one immutable shard: tmp file, flush + fsync, atomic rename."""
-    fd, tmp = _mkstemp_beside(path)  # ".part-....h5.<random>.tmp": ShardWriter's stale glob matches it
+def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None, merged_from=()) -> Path:
+    """Write one immutable shard: built in memory, then tmp file, fsync, atomic rename.
+
+    A failing write (disk full, read-only...) raises :class:`CacheWriteError` and leaves neither a
+    tmp file nor a shard. ``merged_from``: names of the shards a compaction merged into this one."""
+    image = _shard_image(kind, items, fails, attrs, merged_from)
     try:
-        with os.fdopen(fd, "w+b") as fh:
-            _write_shard_file(fh, kind, items, fails, attrs)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+        _write_new_file(path, image)
+    except OSError as exc:
+        if not is_write_error(exc):
+            raise
+        raise CacheWriteError(path.parent.parent, f"writing shard {path}", exc) from None
     return path
 
 
-def _write_shard_file(fh, kind: str, items, fails, attrs) -> None:
+def _write_new_file(path: Path, image) -> None:
+    """``image`` (bytes) at ``path`` by tmp file (created exclusively) + reserve + write + fsync + rename."""
+    fd, tmp = _mkstemp_beside(path)  # ".part-....h5.<random>.tmp": ShardWriter's stale glob matches it
+    try:
+        try:
+            _reserve(fd, len(image))
+            _write_all(fd, image)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):  # a read-only folder: the cause is the error above, not this
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks before writing, so a full disk fails here, at once."""
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view[: 1 << 24])
+        view = view[n:]
+
+
+def _shard_image(kind: str, items, fails, attrs, merged_from=()):
+    """The bytes of a shard file, built in memory: HDF5 never writes to the disk itself, so a disk
+    error reaches Python as a plain OSError from os.write (not from inside HDF5's file driver,
+    where it could leave the library's state corrupt)."""
+    import io
+
+    buf = io.BytesIO()
+    _write_shard_file(buf, kind, items, fails, attrs, merged_from)
+    return buf.getbuffer()
+
+
+def _write_shard_file(fh, kind: str, items, fails, attrs, merged_from=()) -> None:
     import h5py
 
     with h5py.File(fh, "w") as f:
@@ -542,32 +748,60 @@ def _write_shard_file(fh, kind: str, items, fails, attrs) -> None:
                              dtype=_str_dtype())
         f.create_dataset("failed_ids", data=np.array([c for c, _ in fails], dtype=object), dtype=_str_dtype())
         f.create_dataset("failed_reasons", data=np.array([r for _, r in fails], dtype=object), dtype=_str_dtype())
+        if merged_from:
+            f.create_dataset("merged_from", data=np.array(list(merged_from), dtype=object), dtype=_str_dtype())
         f.flush()
 
 
+def is_merged(shard: Path) -> bool:
+    """A shard written by compaction (not by an extract run's writer)."""
+    return shard.name.endswith(f"-{MERGED_TAG}.h5")
+
+
 def compact(fs: FeatureSet, min_shards: int = 8) -> int:
-    """Merge the small shards of a feature set into one (same atomic route). Returns shards merged.
+    """Merge shards of a feature set into one (same atomic route), then delete them. Returns the
+    number of shards merged (0: nothing to do).
 
-    Shards made by an earlier compaction are left as they are, so a re-run never rewrites the bulk
-    of a large cache; each run adds at most one compacted shard.
+    First, a compaction that was killed after its merged shard appeared and before it deleted the
+    shards it came from is finished: those still listed in a merged shard's ``merged_from`` are
+    deleted (their content is in the merged shard), so they are never merged a second time.
+    Then merged together: the small shards (written by extract runs) once there are ``min_shards``
+    of them; the merged shards too once there are ``min_shards`` of those (a set keeps fewer than
+    2 x min_shards files, and a re-run rewrites the bulk only once every min_shards compactions,
+    not every time); and every shard holding a clip id that another shard holds too (left by a
+    compaction killed before its sources were deleted, from a version that did not list them).
+    A merge that happens for one of these reasons takes every small shard along.
+    A clip id held twice keeps the value readers return (the first shard's, in name order), so a
+    compaction never changes a value a reader sees.
     """
-    import h5py
-
-    small = [s for s in fs.shards() if not s.name.endswith("-compact.h5")]
-    if len(small) < min_shards:
+    finish_compaction(fs)
+    shards = fs.shards()
+    index: dict[str, tuple[Path, int]] = {}
+    fail_at: dict[str, tuple[str, Path]] = {}  # id -> (reason, shard): the last one wins, as for readers
+    twice: set[Path] = set()
+    for shard in shards:
+        with _open_shard(shard) as f:
+            ids, fids, freasons = _shard_ids(f)
+        for row, cid in enumerate(ids):
+            if cid in index:
+                twice.update((index[cid][0], shard))
+            else:
+                index[cid] = (shard, row)
+        for cid, reason in zip(fids, freasons):
+            fail_at[cid] = (reason, shard)
+    small = [s for s in shards if not is_merged(s)]
+    merged = [s for s in shards if is_merged(s)]
+    group = set(twice)
+    if len(merged) >= min_shards:
+        group.update(merged)
+    if group or len(small) >= min_shards:  # a merge that happens anyway takes the small shards along
+        group.update(small)
+    if not group:
         return 0
-    fs.refresh()
-    fs.done_ids()
-    small_set = set(small)
-    ids = sorted(cid for cid, (shard, _) in fs._index.items() if shard in small_set)
-    done = set(fs._index)
-    fails: dict[str, str] = {}
-    for shard in small:
-        with h5py.File(shard, "r") as f:
-            if "failed_ids" in f:
-                for cid, reason in zip(f["failed_ids"].asstr()[()], f["failed_reasons"].asstr()[()]):
-                    if cid not in done:
-                        fails[cid] = reason
+    fs._index = index
+    fs._failures = {cid: reason for cid, (reason, _) in fail_at.items() if cid not in index}
+    ids = sorted(cid for cid, (shard, _) in index.items() if shard in group)
+    fails = sorted((cid, reason) for cid, (reason, shard) in fail_at.items() if cid not in index and shard in group)
     kind = fs.kind
     batch = fs.read(ids, missing="raise")
     sources = fs.sources()
@@ -584,18 +818,54 @@ def compact(fs: FeatureSet, min_shards: int = 8) -> int:
     for cid, feat in zip(ids, (x for _, x in items)):
         feat.source = sources.get(cid)
     if kind == "series" and ids:
-        with h5py.File(fs._index[ids[0]][0], "r") as f:
+        with _open_shard(fs._index[ids[0]][0]) as f:
             has_pooled = "pooled" in f
         if has_pooled:
             pooled = fs.read(ids, pooled=True).data
             for i, (_, feat) in enumerate(items):
                 feat.pooled = pooled[i]
-    write_shard(new_shard_path(fs, "compact"), kind, items, sorted(fails.items()), {"compacted_from": len(small)})
-    for s in small:
-        s.unlink(missing_ok=True)
-    _fsync_dir(fs.path)
+    del batch
+    sources_of = sorted(s.name for s in group)
+    target = write_shard(new_shard_path(fs, MERGED_TAG), kind, items, fails, {"compacted_from": len(group)},
+                         merged_from=sources_of)
+    _delete_merged(fs, [fs.path / name for name in sources_of], target)
     fs.refresh()
-    return len(small)
+    return len(group)
+
+
+def finish_compaction(fs: FeatureSet) -> int:
+    """Delete the shards that a merged shard lists as its sources and that are still there (a
+    compaction killed between writing the merged shard and deleting them). Returns how many."""
+    shards = fs.shards()
+    names = {s.name for s in shards}
+    done = 0
+    for shard in shards:
+        if not is_merged(shard):
+            continue
+        try:
+            with _open_shard(shard) as f:
+                listed = list(f["merged_from"].asstr()[()]) if "merged_from" in f else []
+        except _Vanished:
+            continue
+        left = [fs.path / n for n in listed if n in names and n != shard.name]
+        if left:
+            _delete_merged(fs, left, shard)
+            names.difference_update(p.name for p in left)
+            done += len(left)
+    return done
+
+
+def _delete_merged(fs: FeatureSet, paths: list[Path], into: Path) -> None:
+    """Delete shards whose content is in the merged shard ``into`` (already written and renamed)."""
+    try:
+        for p in paths:
+            p.unlink(missing_ok=True)
+    except OSError as exc:
+        if not is_write_error(exc):
+            raise
+        raise CacheWriteError(fs.path.parent, f"deleting the shards merged into {into} (the merged shard is "
+                          "complete; the next extract deletes them)", exc) from None
+    _fsync_dir(fs.path)
 
 
 def put(cache_root: str | os.PathLike, name: str, kind: str, values: dict[str, Feature],

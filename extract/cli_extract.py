@@ -68,8 +68,13 @@ def extract_cmd(ctx, video_dir, cache_dir, **options):
         summary = extract(video_dir, cache_dir, ExtractConfig(**options))
     except (SpecError, UsageError) as exc:
         raise click.UsageError(str(exc)) from None
-    except CacheError as exc:
+    except CacheError as exc:  # a cache it cannot use or write (disk full, read-only): one line, no traceback
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # a file system error no layer below named: the file and the cause
+        if exc.errno is None:
+            raise
+        where = exc.filename or cache_dir
+        raise click.ClickException(f"{where}: {exc.strerror or exc}") from None
     _print_summary(summary)
     code = summary.exit_code(options["strict"])
     if code:
@@ -160,6 +165,13 @@ def cache_group():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (feature sets, counts, provenance, failures).")
 def cache_info(cache_dir, all_failures, as_json):
     """Feature sets in the cache: counts, dims, provenance and failures."""
+    try:
+        _cache_info(cache_dir, all_failures, as_json)
+    except CacheError as exc:  # an unreadable shard, a set that keeps changing: one line, no traceback
+        raise click.ClickException(str(exc)) from None
+
+
+def _cache_info(cache_dir, all_failures, as_json):
     cache = FeatureCache(cache_dir)
     keys = cache.keys()
     if not keys:
@@ -174,7 +186,7 @@ def cache_info(cache_dir, all_failures, as_json):
         all_ids.update(done)
         all_ids.update(failed)
         report.append({"key": key, "extractor": meta.get("extractor"), "kind": fs.kind, "modality": meta.get("modality"),
-                       "clips": len(done), "failed": failed, "dims": meta.get("dims"),
+                       "clips": len(done), "failed": failed, "dims": fs.dims(),
                        "config": meta.get("config"), "decode": meta.get("decode"), "model": meta.get("model"),
                        "libraries": meta.get("libraries"), "created": meta.get("created"),
                        "shards": len(fs.shards())})

@@ -3,6 +3,10 @@
 Workers (joblib, ``--jobs``) only decode and compute; the main process is the single writer of the
 cache (see extract/cache.py for why that survives SIGKILL). Results come back in clip order, so
 ``--jobs 1`` and ``--jobs 2`` write the same values.
+
+A cache that cannot be written (disk full, read-only, no permission, quota) stops the run: the
+workers are stopped, every other buffer is flushed if it can be, and :class:`CacheWriteError` says
+in one message which cache, what failed, how many clips are safe and what to do; a re-run resumes.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import media
-from .cache import Feature, FeatureCache, FeatureSet, ShardWriter, compact
+from .cache import CacheWriteError, Feature, FeatureCache, FeatureSet, ShardWriter, compact, is_write_error
 from .registry import ExtractionError, Extractor
 from .tables import read_rows
 
@@ -352,10 +356,13 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         last_flush = time.monotonic()
         unflushed = 0  # clips (not results: one clip gives one per feature set) since the last shard
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
+        results = None
+        failed_write: CacheWriteError | None = None  # the first write the cache refused
         try:
             runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
             main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
-            for out in runner(delayed(process)(t, decode_config, threads, main_pid, log_path) for t in tasks):
+            results = runner(delayed(process)(t, decode_config, threads, main_pid, log_path) for t in tasks)
+            for out in results:
                 summary.decoded += int(out["decoded"])
                 if out.get("rotation"):
                     summary.rotated[out["id"]] = out["rotation"]
@@ -377,19 +384,26 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
                 bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
                 unflushed += 1
                 if unflushed >= flush_every or time.monotonic() - last_flush > flush_seconds:
-                    for w in writers.values():
-                        w.flush()
+                    failed_write = flush_all(writers)
+                    if failed_write is not None:
+                        break  # the cache refuses writes: stop computing (the finally stops the workers)
                     last_flush, unflushed = time.monotonic(), 0
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
             bar.close()
-            for w in writers.values():  # whatever was computed is kept, even on Ctrl-C
-                w.flush()
-        if not summary.interrupted:
-            for w in writers.values():
-                compact(w.fs, min_shards=compact_min_shards)
-                _record_dims(cache, w)
+            if results is not None:  # a loop left early (write error, Ctrl-C, a bug): joblib stops the workers
+                import warnings
+
+                with warnings.catch_warnings():  # (and would warn that tasks were cancelled: they were)
+                    warnings.simplefilter("ignore")
+                    results.close()
+            failed_write = flush_all(writers) or failed_write  # whatever was computed is kept, even on Ctrl-C
+        if failed_write is None and not summary.interrupted:
+            failed_write = finish_sets(writers, compact_min_shards)
+    if failed_write is not None:
+        close_loaded()
+        raise stopped_by(failed_write, writers, summary) from None
     if summary.rotated:
         turns = Counter(summary.rotated.values())
         _note(summary, f"{len(summary.rotated)} clips carry a display rotation; their frames were turned upright ("
@@ -457,13 +471,19 @@ class RunLog:
         import io
         import warnings
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if self.path.stat().st_size > LOG_MAX_BYTES:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        except FileNotFoundError:
-            pass
-        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        try:  # the first write to the cache: a read-only or full one says so here, in one message
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.path.stat().st_size > LOG_MAX_BYTES:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            except FileNotFoundError:
+                pass
+            self.handler = _LogFile(self.path, encoding="utf-8")
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise CacheWriteError(self.path.parent, f"opening its log {self.path}", exc,
+                                  saved="nothing was written") from None
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._attached = [logging.getLogger()]
         if not logging.getLogger("moe").propagate:
@@ -538,6 +558,14 @@ class RunLog:
             self.handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, text, None, None))
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file. A line it cannot write (the disk filled up) is dropped without the
+    "--- Logging error ---" traceback logging prints: the run's own error says what happened."""
+
+    def handleError(self, record) -> None:  # noqa: N802 - logging's name
+        pass
+
+
 def _stream_handlers() -> list[logging.StreamHandler]:
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger)]
@@ -578,9 +606,43 @@ def close_loaded() -> None:
     _LOADED.clear()
 
 
-def _record_dims(cache: FeatureCache, writer: ShardWriter) -> None:
-    """Store the output shape in meta.json once known (from the first shard written)."""
-    meta = writer.fs.meta
-    if meta.get("dims") or writer.dims is None:
-        return
-    writer.fs.write_meta({**meta, "dims": list(writer.dims)})
+def flush_all(writers: dict[str, ShardWriter]) -> CacheWriteError | None:
+    """Flush every writer; one the cache refuses does not stop the others (a full disk may still
+    take a small shard). Returns the first refusal, or None."""
+    first = None
+    for w in writers.values():
+        try:
+            w.flush()
+        except CacheWriteError as exc:
+            first = first or exc
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            first = first or CacheWriteError(w.fs.path.parent, f"writing a shard of {w.fs.key}", exc)
+    return first
+
+
+def finish_sets(writers: dict[str, ShardWriter], min_shards: int) -> CacheWriteError | None:
+    """The last phase of a run: compact each feature set, and record its dims if meta.json has none
+    yet (a set whose first run was killed before they were written). Returns the first refusal."""
+    for w in writers.values():
+        try:
+            compact(w.fs, min_shards=min_shards)
+            w.fs.ensure_dims()
+        except CacheWriteError as exc:
+            return exc
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            return CacheWriteError(w.fs.path.parent, f"compacting {w.fs.key}", exc)
+    return None
+
+
+def stopped_by(error: CacheWriteError, writers: dict[str, ShardWriter], summary: Summary) -> CacheWriteError:
+    """``error`` completed with what is safe: the clips this run wrote (and those cached before)."""
+    written = set().union(*(w.written for w in writers.values())) if writers else set()
+    safe = f"{len(written)} clips written so far in this run are safe"
+    if summary.skipped:
+        safe += f" (and the {summary.skipped} cached before)"
+    error.saved = safe
+    return error
