@@ -96,3 +96,124 @@ def test_spilled_audio_keeps_notes_and_too_short_audio_stays_missing(media_dir, 
     write_media(media_dir / "short.wav", audio=tone(0.05, RATE), rate=RATE)
     short = decode(media_dir / "short.wav", "short", ("audio",))
     assert short.audio is None and "too short" in short.missing["audio"]
+
+
+def spilled_clip(tmp_path, monkeypatch, seconds: float, name: str = "long") -> Clip:
+    """A decoded clip whose audio lives in the decoder's temporary file (AUDIO_MEMORY_SECONDS lowered)."""
+    path = write_long_wav(tmp_path / f"{name}.wav", seconds)
+    monkeypatch.setattr(media, "AUDIO_MEMORY_SECONDS", 1.0)
+    clip = decode(path, name, ("audio",))
+    assert clip.audio_file is not None
+    return clip
+
+
+# -- librosa: chunked statistics equal the whole-signal ones -------------------------------------
+def relative_gap(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - b) / np.maximum(np.abs(a), 1e-3)))
+
+
+@pytest.mark.parametrize("seconds", [17.0, 17.013])  # a whole number of hops, and not
+def test_librosa_chunked_equals_the_whole_signal_within_float_rounding(tmp_path, monkeypatch, seconds):
+    from extract.extractors import audio_stats
+
+    clip = spilled_clip(tmp_path, monkeypatch, seconds)
+    ex = build("librosa").ensure_loaded()
+    whole = ex._extract_whole(Clip("w", "w.wav", audio=np.asarray(clip.audio).copy())).data
+    monkeypatch.setattr(audio_stats, "CHUNK_SECONDS", 4.0)  # five chunks (of 3.4 s)
+    chunked = ex.extract(clip).data
+    assert chunked.shape == whole.shape == (len(ex.channels()),)
+    assert relative_gap(whole, chunked) < 1e-5  # measured: about 2e-7
+
+
+def test_librosa_short_clips_take_the_one_piece_path_unchanged(monkeypatch):
+    from extract.extractors import audio_stats
+
+    ex = build("librosa").ensure_loaded()
+    clip = Clip("s", "s.wav", audio=speechlike(3.0))
+    monkeypatch.setattr(ex, "_extract_chunked", lambda clip: pytest.fail("a short clip was chunked"))
+    assert clip.audio_samples <= audio_stats.CHUNK_SECONDS * RATE
+    np.testing.assert_array_equal(ex.extract(clip).data, ex._extract_whole(clip).data)
+
+
+def test_librosa_pyin_chunked_stays_close_to_the_whole_signal(monkeypatch):
+    from extract.extractors import audio_stats
+
+    ex = build("librosa:pitch=pyin").ensure_loaded()
+    clip = Clip("p", "p.wav", audio=speechlike(7.0))
+    whole = ex._extract_whole(clip).data
+    monkeypatch.setattr(audio_stats, "CHUNK_SECONDS", 2.0)
+    monkeypatch.setattr(audio_stats, "PYIN_CONTEXT_SECONDS", 1.0)
+    chunked = ex.extract(clip).data
+    names = ex.channels()
+    pitch = [i for i, n in enumerate(names) if n.startswith(("f0_", "voiced_"))]
+    assert abs(whole[names.index("voiced_fraction")] - chunked[names.index("voiced_fraction")]) < 0.01
+    assert relative_gap(whole[pitch], chunked[pitch]) < 0.02
+    others = [i for i in range(len(names)) if i not in pitch]
+    assert relative_gap(whole[others], chunked[others]) < 1e-5
+
+
+def test_running_statistics_match_numpy_with_nan_rows():
+    from extract.extractors.audio_stats import _pool, _RunningStats
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1000, 3, size=(3, 1000))
+    x[1, rng.random(1000) < 0.3] = np.nan
+    x[2] = np.nan  # no value at all: 0, as _pool gives
+    stats = _RunningStats()
+    for a, b in ((0, 1), (1, 400), (400, 401), (401, 1000)):
+        stats.add(x[:, a:b])
+    np.testing.assert_allclose(np.concatenate(stats.result()), _pool(x), rtol=1e-12)
+
+
+# -- egemaps: openSMILE fed block by block gives exactly process_signal's values -----------------
+def test_egemaps_streamed_equals_process_signal_exactly(tmp_path, monkeypatch):
+    from extract.extractors import egemaps
+
+    ex = build("egemaps").ensure_loaded()
+    clip = spilled_clip(tmp_path, monkeypatch, 4.0)
+    reference = ex.smile.process_signal(np.asarray(clip.audio), RATE).to_numpy()[0].astype(np.float32)
+    np.testing.assert_array_equal(ex.extract(clip).data, reference)
+    # blocks smaller than openSMILE's reads and a ring buffer that fills up: still the same values
+    monkeypatch.setattr(egemaps, "BLOCK_SECONDS", 0.05)
+    monkeypatch.setattr(egemaps, "RING_SECONDS", 0.2)
+    np.testing.assert_array_equal(ex.extract(clip).data, reference)
+    in_memory = Clip("m", "m.wav", audio=np.asarray(clip.audio).copy())
+    np.testing.assert_array_equal(ex.extract(in_memory).data, reference)
+    ex.close()
+    np.testing.assert_array_equal(ex.extract(in_memory).data, reference)  # used again after close()
+
+
+def test_egemaps_long_audio_is_the_length_weighted_mean_of_its_windows(monkeypatch):
+    from extract.extractors import egemaps
+
+    ex = build("egemaps").ensure_loaded()
+    y = speechlike(5.0)
+    monkeypatch.setattr(egemaps, "WINDOW_SECONDS", 2.0)  # three windows of 1.67 s
+    got = ex.extract(Clip("w", "w.wav", audio=y)).data
+    bounds = egemaps.split_even(len(y), 2 * RATE)
+    assert len(bounds) == 3
+    parts = [ex.smile.process_signal(y[a:b], RATE).to_numpy()[0].astype(np.float64) for a, b in bounds]
+    want = sum((b - a) * p for (a, b), p in zip(bounds, parts)) / len(y)
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
+
+
+# -- hf-audio: chunks read one at a time, same values --------------------------------------------
+def test_hf_audio_reads_chunks_from_a_spilled_clip_with_the_same_values(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path / "hubert"
+    torch.manual_seed(0)
+    cfg = transformers.HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                    conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10)
+    transformers.HubertModel(cfg).save_pretrained(d)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(d)
+    ex = build(f"hf-audio:model={d},chunk_seconds=1").ensure_loaded()
+    clip = spilled_clip(tmp_path, monkeypatch, 3.5)
+    seen = []
+    real = ex.encode_chunk
+    monkeypatch.setattr(ex, "encode_chunk", lambda chunk: seen.append(type(chunk)) or real(chunk))
+    got = ex.extract(clip).data
+    assert seen == [np.ndarray] * 4  # plain arrays read from the file, never the memory map
+    want = ex.extract(Clip("m", "m.wav", audio=np.asarray(clip.audio).copy())).data
+    np.testing.assert_array_equal(got, want)

@@ -3,9 +3,12 @@ encoder...), every hidden layer mean-pooled over time -> (layers, dim), as s3prl
 
 Long audio is cut into equal chunks of at most ``chunk_seconds`` (never truncated); each chunk is
 encoded alone and the clip value is the frame-count-weighted mean over chunks, i.e. the mean over
-every frame of the clip. Encoder-decoder models (Whisper) contribute their encoder only. Whisper's
-feature extractor pads every input to its 30 s window: only the encoder frames that cover real
-audio are pooled, and a chunk is never longer than that window.
+every frame of the clip. Chunks are read from the clip one at a time
+(:meth:`extract.media.Clip.read_audio`), so memory does not grow with the clip's length; only a
+model whose rate differs from the decoded rate (16 kHz) has the whole signal resampled at once.
+Encoder-decoder models (Whisper) contribute their encoder only. Whisper's feature extractor pads
+every input to its 30 s window: only the encoder frames that cover real audio are pooled, and a
+chunk is never longer than that window.
 """
 from __future__ import annotations
 
@@ -70,16 +73,19 @@ class HFAudioExtractor(HFExtractor):
     def extract(self, clip):
         if clip.audio is None:
             raise ExtractionError(clip.missing.get("audio", "no audio"))
-        audio = np.asarray(clip.audio, dtype=np.float32)
-        if clip.sample_rate != self.rate:
+        if clip.sample_rate != self.rate:  # resampled whole (a resampler has no chunk borders)
             import librosa
 
-            audio = librosa.resample(audio, orig_sr=clip.sample_rate, target_sr=self.rate)
-        if audio.size == 0:
+            audio = librosa.resample(np.asarray(clip.audio, dtype=np.float32), orig_sr=clip.sample_rate,
+                                     target_sr=self.rate)
+            size, piece = audio.size, lambda a, b: audio[a:b]
+        else:  # one chunk in memory at a time
+            size, piece = clip.audio_samples, clip.read_audio
+        if size == 0:
             raise ExtractionError("empty audio")
         total, frames = None, 0
-        for a, b in split_even(audio.size, self.chunk_samples):
-            sums, n = self.encode_chunk(audio[a:b])
+        for a, b in split_even(size, self.chunk_samples):
+            sums, n = self.encode_chunk(piece(a, b))
             total = sums if total is None else total + sums
             frames += n
         if not frames:
