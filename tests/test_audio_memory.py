@@ -217,3 +217,42 @@ def test_hf_audio_reads_chunks_from_a_spilled_clip_with_the_same_values(tmp_path
     assert seen == [np.ndarray] * 4  # plain arrays read from the file, never the memory map
     want = ex.extract(Clip("m", "m.wav", audio=np.asarray(clip.audio).copy())).data
     np.testing.assert_array_equal(got, want)
+
+
+# -- peak RSS: a long file costs (almost) what a short one does ----------------------------------
+RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[4])
+from extract import extract
+summary = extract(sys.argv[1], sys.argv[2], features=sys.argv[3], jobs=1, device="cpu", progress=False)
+print(json.dumps({"done": dict(summary.done), "failed": summary.failures}))
+"""
+MEASURE = """
+import resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], check=True, capture_output=True, text=True).stdout
+print(out.strip().splitlines()[-1] + "\\t" + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+"""
+
+
+def peak_rss_of_extract(folder: Path, cache: Path, features: str) -> tuple[dict, float]:
+    """(what the run did, peak RSS in MiB) of `extract.extract` in a fresh process of its own (the
+    intermediate process waits for that one child only, so RUSAGE_CHILDREN is its figure)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    line = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-c", RUN, str(folder), str(cache), features,
+                           str(ROOT)], check=True, capture_output=True, text=True, env=env).stdout.strip()
+    report, rss = line.rsplit("\t", 1)
+    return json.loads(report), int(rss) / 1024
+
+
+def test_peak_rss_of_a_10_minute_file_is_within_1_5x_of_a_2_second_one(tmp_path):
+    short, long = tmp_path / "short", tmp_path / "long"
+    short.mkdir(), long.mkdir()
+    write_long_wav(short / "a.wav", 2.0)
+    write_long_wav(long / "a.wav", 600.0)
+    runs = {}
+    for name, folder in (("2 s", short), ("10 min", long)):
+        report, rss = peak_rss_of_extract(folder, tmp_path / f"cache-{name[:2].strip()}", "librosa,egemaps")
+        assert not report["failed"] and sorted(report["done"].values()) == [1, 1], report
+        runs[name] = rss
+    # before: about 93 MB per minute for librosa alone (10 min: 1.2 GB against 0.37 GB)
+    assert runs["10 min"] <= 1.5 * runs["2 s"], runs
