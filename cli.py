@@ -20,6 +20,8 @@ COMMANDS = {
     "pseudo-label": "models.cli_pseudo:pseudo_label",
     "ensemble": "ensemble.cli_ensemble:ensemble",
     "evaluate": "ensemble.cli_ensemble:evaluate",
+    "export": "ensemble.cli_bundle:export_cmd",
+    "recognise": "ensemble.cli_bundle:recognise_cmd",
 }
 
 
@@ -78,7 +80,7 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
     from extract.cli_errors import user_errors
     from ensemble.demo import run_demo
 
-    step = lambda n, text: click.secho(f"\n[{n}/7] {text}", bold=True)  # noqa: E731
+    step = lambda n, text: click.secho(f"\n[{n}/8] {text}", bold=True)  # noqa: E731
     with user_errors():
         res = run_demo(out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min_confidence, step=step)
     click.echo(f"  experts (stage 1, out-of-fold weighted F1): " + ", ".join(
@@ -86,9 +88,13 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
     click.echo(f"  pseudo-labels kept: {res.pseudo.counts['kept']} of {res.pseudo.counts['candidates']}")
     click.echo(f"  final predictions on the unlabeled clips: weighted F1 {res.report.metrics['weighted_f1']:.4f}, "
                f"accuracy {res.report.metrics['accuracy']:.4f} (n={res.report.metrics['n']})")
+    for r in res.recognised:
+        click.echo(f"  recognised {r.source}: {r.label} (calibrated confidence {r.confidence:.2f}; top experts "
+                   + ", ".join(f"{e} {w:.2f}" for e, w in sorted(r.router.items(), key=lambda kv: -kv[1])[:2]) + ")")
     click.secho(f"\ndemo finished in {res.seconds:.0f} s (SYNTHETIC data).", bold=True)
     click.echo(f"  predictions: {res.ensemble.predictions}\n  report: {res.report.paths['report']}\n  confusion matrix: "
-               f"{res.report.paths['confusion']}\n  runs: {res.stage1.run_dir}, {res.stage2.run_dir}; cache: {res.cache}")
+               f"{res.report.paths['confusion']}\n  runs: {res.stage1.run_dir}, {res.stage2.run_dir}; cache: {res.cache}"
+               f"\n  bundle: {res.bundle} (python cli.py recognise {res.bundle} CLIP...)")
 
 
 main.add_command(demo)

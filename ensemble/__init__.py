@@ -2,14 +2,16 @@
 
 The Python API of this stage (imported on first use, so ``import ensemble`` stays cheap)::
 
-    from ensemble import ensemble, evaluate, EnsembleConfig
+    from ensemble import ensemble, evaluate, EnsembleConfig, export_bundle, Recogniser
 """
 from __future__ import annotations
 
 import importlib
 
 _API = {"ensemble": "ensemble.api", "evaluate": "ensemble.api", "EnsembleConfig": "ensemble.api",
-        "EnsembleResult": "ensemble.api", "EvaluationResult": "ensemble.api"}
+        "EnsembleResult": "ensemble.api", "EvaluationResult": "ensemble.api",
+        "Recogniser": "ensemble.recogniser", "Recognition": "ensemble.recogniser",
+        "export_bundle": "ensemble.bundle", "open_bundle": "ensemble.bundle"}
 
 __all__ = sorted(_API)
 

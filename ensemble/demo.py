@@ -16,6 +16,8 @@ from models.fitting import FitResult, fit
 from models.pseudo import PseudoResult, pseudo_label
 
 from .api import EnsembleResult, EvaluationResult, ensemble, evaluate
+from .bundle import export_bundle
+from .recogniser import Recogniser
 
 
 @dataclass
@@ -27,6 +29,8 @@ class DemoResult:
     stage2: FitResult
     ensemble: EnsembleResult
     report: EvaluationResult
+    bundle: Path
+    recognised: list
     seconds: float
 
 
@@ -51,4 +55,23 @@ def run_demo(out_dir="demo-out", labeled_per_class: int = 12, unlabeled_per_clas
     ens = ensemble([s1.run_dir, s2.run_dir], out / "predictions.csv", rules="mer2025", annotator=data["annotator"])
     step(7, "evaluate against the synthetic truth of the unlabeled clips")
     rep = evaluate(ens.predictions, data["truth"], out / "report", runs=[s1.run_dir, s2.run_dir])
-    return DemoResult(data, cache, s1, pl, s2, ens, rep, time.time() - t0)
+    step(8, "export the system as a bundle and recognise two fresh synthetic clips it never saw")
+    bundle = export_bundle([s1.run_dir, s2.run_dir], out / "model", ensemble_meta=ens.paths["meta"])
+    fresh = make_fresh_clips(out / "fresh", ("happy", "sad"))
+    recognised = Recogniser.load(bundle).predict_many(sorted(fresh.glob("*.mp4")))
+    return DemoResult(data, cache, s1, pl, s2, ens, rep, bundle, recognised, time.time() - t0)
+
+
+def make_fresh_clips(folder: Path, classes, seed: int = 99) -> Path:
+    """New synthetic clips (one per class, a new speaker) written as ``<class>-new.mp4``."""
+    import numpy as np
+
+    from extract.demo_data import _base_face, face_for, voice_for, write_media
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = _base_face()
+    for cls in classes:
+        frames = np.stack([face_for(cls, rng, base) for _ in range(20)])
+        write_media(folder / f"{cls}-new.mp4", frames, fps=10, audio=voice_for(cls, rng, 1.1, 2.0, 16000), rate=16000)
+    return folder

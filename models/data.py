@@ -216,6 +216,12 @@ def load_features(cache: FeatureCache, keys: list[str], ids: list[str], max_fram
         batch = fs.read(ids, missing="mask", max_len=max_frames)
         present = np.asarray(batch.present, bool).copy()
         data = np.asarray(batch.data, dtype=np.float32)
+        want_ndim = 2 if batch.kind == "vector" else 3
+        if data.ndim != want_ndim and not present.any():  # only failures: the set never stored a value
+            dims = tuple(fs.meta.get("dims") or ()) or (1,) * (want_ndim - 1)
+            data = np.zeros((len(ids), *dims[-(want_ndim - 1):]), np.float32)
+            if batch.kind == "series":
+                batch.mask = np.zeros(data.shape[:2], bool)
         if batch.kind == "vector":
             x = data[:, None, :]
             tok = np.ones(x.shape[:2], bool)

@@ -59,6 +59,26 @@ class Prediction:
         return n
 
 
+def load_features_like(run: Run, fc, keys, ids):
+    """The features of ``ids`` shaped as the run's models were trained: a series longer than the
+    frames a model was built for (a new, longer clip) is subsampled evenly to that many, as the
+    cache subsamples to --max-frames."""
+    from models.data import FeatureData
+
+    cap = run.config.get("max_frames", 64)
+    specs = {s["key"]: s for s in load_model_file(run.model_files[0])["specs"]}
+    out = []
+    for k in keys:
+        fd = load_features(fc, [k], ids, max_frames=min(cap, specs[k]["n_tokens"] if k in specs else cap))[0]
+        spec = specs.get(k)
+        if spec is not None and not fd.present.any() and fd.dim != spec["dim"]:  # no value at all: the model's shape
+            t = spec["n_tokens"] if fd.kind == "layers" else 1
+            fd = FeatureData(k, fd.kind, np.zeros((len(ids), t, spec["dim"]), np.float32),
+                             np.zeros((len(ids), t), bool), fd.present, fd.meta)
+        out.append(fd)
+    return out
+
+
 def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", strict: bool = False,
             progress: bool = True) -> Prediction:
     """Average the run's fold/seed models over ``ids`` (a list, or a CSV with a name column; default: every
@@ -90,7 +110,7 @@ def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", st
         ids = sorted(usable)
     if not ids:
         raise InputError(f"no id to predict: none of the requested ids has a feature in cache {cache}")
-    feats = load_features(fc, keys, ids, max_frames=run.config.get("max_frames", 64))
+    feats = load_features_like(run, fc, keys, ids)
     ids, feats, dead = drop_featureless(ids, feats)
     if dead:
         note(f"{len(dead)} ids have no usable value in any feature of the run (first: {first_few(dead)}); "

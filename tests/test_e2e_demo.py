@@ -29,9 +29,12 @@ def read(path):
 def test_demo_says_the_data_is_synthetic_and_where_outputs_went(demo):
     out, output = demo
     assert "SYNTHETIC" in output
-    for step in range(1, 8):
-        assert f"[{step}/7]" in output
+    for step in range(1, 9):
+        assert f"[{step}/8]" in output
     assert str(out / "predictions.csv") in output and "confusion.png" in output
+    # the exported system recognises two fresh clips it never saw
+    assert output.count("recognised ") == 2 and (out / "model" / "bundle.json").is_file()
+    assert "happy-new.mp4: " in output and "sad-new.mp4: " in output
     assert (out / "data" / "README.txt").read_text().startswith("SYNTHETIC")
 
 

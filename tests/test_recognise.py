@@ -1,0 +1,147 @@
+"""export -> recognise: a trained system applied to new clips, consistent with fit + ensemble."""
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from ensemble import Recogniser, ensemble, export_bundle, open_bundle
+from ensemble.bundle import BundleError
+from extract import extract
+from extract.demo_data import CLASSES, _base_face, face_for, make_demo_set, voice_for, write_media
+from models import fit
+from models.synth import make_synthetic_cache
+
+QUICK = dict(folds=3, epochs=12, patience=4, hidden=32, batch_size=32, threads=1, progress=False)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d-samples"
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_recognise_gives_the_probabilities_of_fit_and_ensemble_for_cached_clips(tmp_path):
+    syn = make_synthetic_cache(tmp_path / "cache", n_labeled=60, n_unlabeled=20, seed=5)
+    s1 = fit(syn.cache, syn.labels_csv, ["vec", "lay", "ser"], tmp_path / "s1", **QUICK)
+    s2 = fit(syn.cache, syn.labels_csv, ["vec", "ser"], tmp_path / "s2", seeds=(1,), **QUICK)
+    ens = ensemble([s1.run_dir, s2.run_dir], tmp_path / "pred.csv", rules=_prior_rules(tmp_path), progress=False)
+    bundle = export_bundle([s1.run_dir, s2.run_dir], tmp_path / "model", ensemble_meta=ens.paths["meta"])
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "bundle.json", "runs", "tuning.npz"]
+    rec = Recogniser.load(bundle)
+    got = {r.clip: r for r in rec.predict_cached(syn.unlabeled, syn.cache)}
+    with open(ens.paths["details"], newline="") as fh:
+        details = list(csv.DictReader(fh))
+    assert len(details) == len(syn.unlabeled)
+    for row in details:
+        r = got[row["name"]]
+        assert r.label == row["discrete"]
+        want = np.array([float(row[f"prob_{c}"]) for c in rec.classes])
+        np.testing.assert_allclose([r.scores[c] for c in rec.classes], want, atol=1e-6)
+        assert abs(r.confidence - float(row["confidence"])) < 1e-5
+    card = (bundle / "README.md").read_text()
+    assert "## Out-of-fold metrics per member" in card and "## Known limits" in card
+
+
+def _prior_rules(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - rule: prior_correction\n    target: labeled\n")
+    return rules
+
+
+def test_a_changed_or_missing_bundle_file_is_refused(tmp_path):
+    syn = make_synthetic_cache(tmp_path / "cache", n_labeled=45, n_unlabeled=5, seed=6)
+    s1 = fit(syn.cache, syn.labels_csv, ["vec"], tmp_path / "s1", **QUICK)
+    bundle = export_bundle([s1.run_dir], tmp_path / "model")
+    open_bundle(bundle)
+    model = next((bundle / "runs" / "run0" / "models").glob("*.pt"))
+    model.write_bytes(model.read_bytes()[:-1] + b"x")
+    with pytest.raises(BundleError, match=r"runs/run0/models/fold.*\.pt was changed"):
+        Recogniser.load(bundle)
+    model.unlink()
+    with pytest.raises(BundleError, match="is missing"):
+        open_bundle(bundle)
+    rec = json.loads((bundle / "bundle.json").read_text())
+    rec["format"] = "moe-emotion bundle/0"
+    (bundle / "bundle.json").write_text(json.dumps(rec))
+    with pytest.raises(BundleError, match="bundle format .* is not"):
+        open_bundle(bundle)
+    res = run_cli("recognise", bundle, tmp_path)
+    assert res.exit_code == 1 and "re-export it" in res.output and "Traceback" not in res.output
+    # a synthetic feature has no extractor to rebuild: cached clips only, said clearly
+    fresh = export_bundle([s1.run_dir], tmp_path / "model2")
+    with pytest.raises(BundleError, match="can only predict clips already cached"):
+        Recogniser.load(fresh).predict_many([tmp_path])
+
+
+@pytest.fixture(scope="module")
+def media_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recognise")
+    data = make_demo_set(root / "data", labeled_per_class=5, unlabeled_per_class=1, speakers=3)
+    cache = root / "cache"
+    feats = "librosa,frame-stats"
+    extract(data["videos"], cache, features=feats, progress=False)
+    s1 = fit(cache, data["labels"], ["librosa", "frame-stats"], root / "s1", groups="speaker", **QUICK)
+    ens = ensemble([s1.run_dir], root / "pred.csv", rules="mer2025", annotator=data["annotator"], progress=False)
+    res = run_cli("export", s1.run_dir, "--ensemble", ens.paths["meta"], "--out", root / "model")
+    assert res.exit_code == 0, res.output
+    fresh = root / "fresh"
+    fresh.mkdir()
+    rng = np.random.default_rng(7)
+    base = _base_face()
+    frames = np.stack([face_for("happy", rng, base) for _ in range(20)])
+    write_media(fresh / "new happy.mp4", frames, fps=10, audio=voice_for("happy", rng, 1.0, 2.0, 16000), rate=16000)
+    write_media(fresh / "silent-film.mp4", frames, fps=10)  # no audio track: the audio expert is absent
+    (fresh / "broken.mp4").write_bytes(b"not a video at all")
+    return {"root": root, "data": data, "cache": cache, "run": s1.run_dir, "model": root / "model", "fresh": fresh}
+
+
+def test_recognise_new_clips_prints_a_table_and_writes_results(media_world):
+    w = media_world
+    out = w["root"] / "results.csv"
+    res = run_cli("recognise", w["model"], w["fresh"], "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "new happy" in res.output and "router top-2" in res.output
+    assert "annotator_override need annotator answers" in res.output
+    assert "3 clips: 2 recognised, 1 failed" in res.output
+    with open(out, newline="") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
+    assert rows["new happy"]["label"] in CLASSES and float(rows["new happy"]["confidence"]) > 0
+    assert rows["silent-film"]["label"] and "librosa" in rows["silent-film"]["absent_experts"]
+    assert rows["broken"]["label"] == "" and rows["broken"]["failure"]
+    assert len(rows["new happy"]["router_top2"].split(";")) == 2
+    assert json.loads(Path(f"{out}.meta.json").read_text())["written_by"] == "recognise"
+
+
+def test_python_recogniser_on_one_file_with_a_cache_and_abstention(media_world):
+    w = media_world
+    rec = Recogniser.load(w["model"], annotator=w["data"]["annotator"])
+    assert rec.skipped_rules == []
+    cache = w["root"] / "rec-cache"
+    r = rec.predict(w["fresh"] / "new happy.mp4", cache=cache)
+    assert r.clip == "new happy" and r.label in CLASSES and r.failure is None
+    assert abs(sum(r.probabilities.values()) - 1) < 1e-6 and len(r.top3) == 3
+    assert set(r.experts) == {"librosa", "frame-stats"} and set(r.router) == {"librosa", "frame-stats", "fused"}
+    again = rec.predict(w["fresh"] / "new happy.mp4", cache=cache, abstain_below=1.0)
+    assert again.abstained and again.scores == r.scores  # the re-run reads the cache
+    # clips that were in the fit's cache: the same ids, a prediction each
+    ids = [p.stem for p in sorted(w["data"]["videos"].glob("*.mp4"))][:3]
+    assert [x.clip for x in rec.predict_cached(ids, w["cache"])] == ids
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/crema-d-samples is not here")
+def test_recognise_real_crema_d_clips(media_world, tmp_path):
+    clips = sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in (".mp4", ".flv", ".avi", ".wav", ".mkv"))[:6]
+    assert clips, f"no media in {SHARED}"
+    rec = Recogniser.load(media_world["model"])
+    links = tmp_path / "crema"
+    links.mkdir()
+    for p in clips:
+        os.symlink(p, links / p.name)
+    results = rec.predict_many([links])
+    assert len(results) == len(clips)
+    assert all(r.label in CLASSES and r.failure is None for r in results)
+    assert all("librosa" not in r.absent for r in results)  # real clips with a voice
