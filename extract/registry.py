@@ -62,6 +62,11 @@ class Extractor:
     provides: typing.ClassVar[tuple[str, ...]] = ()
     # names of extractors whose output for the same clip this one reads (run after them)
     after: typing.ClassVar[tuple[str, ...]] = ()
+    # False: the runner records a clip that lacks one of ``needs`` (clip.missing) as this set's
+    # failure without calling extract(), and extract() called directly on such a clip raises
+    # ExtractionError. True: extract() receives the clip anyway and decides (hf-text's on_missing, a
+    # VLM asked without a transcript), raising ExtractionError when it cannot answer
+    handles_missing: typing.ClassVar[bool] = False
     version: typing.ClassVar[str] = "1"
     Config: typing.ClassVar[type] = NoConfig
     libraries: typing.ClassVar[tuple[str, ...]] = ("numpy",)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache import Feature
-from ..registry import Extractor, register
+from ..registry import ExtractionError, Extractor, register
 
 STATS = ("mean", "std", "min", "max")
 
@@ -101,6 +101,8 @@ class LibrosaExtractor(Extractor):
         return names + ["voiced_fraction", "f0_delta_mean_abs"]
 
     def extract(self, clip):
+        if clip.audio is None or not clip.audio_samples:
+            raise ExtractionError(clip.missing.get("audio", "no audio"))
         if clip.audio_samples > CHUNK_SECONDS * clip.sample_rate:
             return self._extract_chunked(clip)
         return self._extract_whole(clip)
