@@ -65,7 +65,6 @@ def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, 
     features (one decode per clip), predict with every model, vote, apply the rules, calibrate."""
     import json
 
-    from .explain import short  # noqa: F401
     from .recogniser import Recogniser, write_results
 
     with _errors():

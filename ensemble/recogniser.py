@@ -123,6 +123,12 @@ class Recogniser:
         self.members = bundle.record["members"]
         self._extractors = None
         self._decode = None
+        from models.run_dir import read_run
+        from models.train import load_model_file
+
+        self.runs = [read_run(d) for d in bundle.run_dirs()]  # opened and loaded once, used for every clip
+        self.models = {p: load_model_file(p) for run in self.runs for p in run.model_files}
+        self.built: dict = {}
 
     @classmethod
     def load(cls, path, annotator=None, device: str = "auto") -> "Recogniser":
@@ -226,11 +232,11 @@ class Recogniser:
         pos = {cid: k for k, cid in enumerate(good)}
         expert_probs: dict[str, np.ndarray] = {}
         if good:
-            for k, run_dir in enumerate(self.bundle.run_dirs()):
-                run_keys = open_run_features(run_dir)
-                if any(key not in fc.keys() for key in run_keys):
+            for k, run in enumerate(self.runs):
+                if any(key not in fc.keys() for key in run.config.get("features", [])):
                     continue
-                pred = predict(run_dir, cache, ids=[i for i in good], device=self.device, progress=False)
+                pred = predict(run, cache, ids=list(good), device=self.device, progress=False, models=self.models,
+                               built=self.built)
                 rows = np.array([pos[i] for i in pred.ids], dtype=np.int64)
                 for m_idx, m in enumerate(self.members):
                     if m["run"] != k or m["member"] not in pred.probs:
@@ -281,16 +287,9 @@ class Recogniser:
         return out
 
 
-def open_run_features(run_dir) -> list[str]:
-    from models.run_dir import open_run
-
-    return list(open_run(run_dir).config.get("features", []))
-
-
 # -- the results file (owner of recognise's CSV / JSON output) ----------------------------------------
 
 def result_rows(results: list[Recognition], classes) -> tuple[list[str], list[list]]:
-    from .explain import top_experts  # noqa: F401  (names come already shortened)
 
     header = ["name", "label", "confidence", "abstained", "top3", "router_top2", "absent_experts", "failure",
               "source"] + [f"prob_{c}" for c in classes]

@@ -19,7 +19,7 @@ from extract.outputs import WRITTEN_BY, check_output
 from models.data import InputError, cached_ids, first_few, load_features, read_group_table, read_id_list
 from models.fitting import Notes, drop_featureless, groups_of
 from models.run_dir import Run, read_run, write_probs
-from models.train import SharedInputs, load_model_file, predict_saved, resolve_device
+from models.train import SharedInputs, load_model_file, model_from_saved, predict_saved, resolve_device
 
 
 def sidecar(out) -> Path:
@@ -59,14 +59,14 @@ class Prediction:
         return n
 
 
-def load_features_like(run: Run, fc, keys, ids):
+def load_features_like(run: Run, fc, keys, ids, first_model: dict | None = None):
     """The features of ``ids`` shaped as the run's models were trained: a series longer than the
     frames a model was built for (a new, longer clip) is subsampled evenly to that many, as the
     cache subsamples to --max-frames."""
     from models.data import FeatureData
 
     cap = run.config.get("max_frames", 64)
-    specs = {s["key"]: s for s in load_model_file(run.model_files[0])["specs"]}
+    specs = {s["key"]: s for s in (first_model or load_model_file(run.model_files[0]))["specs"]}
     out = []
     for k in keys:
         fd = load_features(fc, [k], ids, max_frames=min(cap, specs[k]["n_tokens"] if k in specs else cap))[0]
@@ -80,11 +80,14 @@ def load_features_like(run: Run, fc, keys, ids):
 
 
 def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", strict: bool = False,
-            progress: bool = True) -> Prediction:
+            progress: bool = True, models: dict | None = None, built: dict | None = None) -> Prediction:
     """Average the run's fold/seed models over ``ids`` (a list, or a CSV with a name column; default: every
-    cached id of the run's features)."""
+    cached id of the run's features). ``run_dir`` may be an opened ``Run``; ``models`` ({path: loaded model
+    file}) and ``built`` ({path: network}) let a caller that predicts often (the Recogniser) load and build
+    each model once."""
     note = Notes()
-    run = read_run(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else read_run(run_dir)
+    models = models if models is not None else {}
     if not Path(cache).is_dir():
         raise InputError(f"--cache {cache}: no such directory")
     device = resolve_device(device)
@@ -110,7 +113,8 @@ def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", st
         ids = sorted(usable)
     if not ids:
         raise InputError(f"no id to predict: none of the requested ids has a feature in cache {cache}")
-    feats = load_features_like(run, fc, keys, ids)
+    first = models.get(run.model_files[0]) or load_model_file(run.model_files[0])
+    feats = load_features_like(run, fc, keys, ids, first)
     ids, feats, dead = drop_featureless(ids, feats)
     if dead:
         note(f"{len(dead)} ids have no usable value in any feature of the run (first: {first_few(dead)}); "
@@ -128,9 +132,11 @@ def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", st
     inputs = SharedInputs(feats, row_groups)
     w_sum, w_names = None, []
     for path in tqdm(run.model_files, desc="predict", unit="model", disable=not progress):
-        saved = load_model_file(path)
+        saved = models.get(path) or (first if path == run.model_files[0] else load_model_file(path))
+        if built is not None and path not in built:
+            built[path] = model_from_saved(saved, device)
         probs, present, wts, w_names = predict_saved(saved, feats, row_groups, device, xs_np=inputs(saved),
-                                                     with_weights=True)
+                                                     with_weights=True, model=None if built is None else built[path])
         if wts is not None:
             w_sum = wts if w_sum is None else w_sum + wts
         for m, p in probs.items():

@@ -482,8 +482,16 @@ class SharedInputs:
         return self._xs
 
 
+def model_from_saved(saved: dict, device: str = "cpu"):
+    """The network of a model file, weights loaded, in eval mode."""
+    specs = [ExpertSpec(**s) for s in saved["specs"]]
+    model = build_model(saved["model"], specs, len(saved["classes"]), saved["arch"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
 def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, device: str = "cpu",
-                  xs_np: list[np.ndarray] | None = None, with_weights: bool = False):
+                  xs_np: list[np.ndarray] | None = None, with_weights: bool = False, model=None):
     """Probabilities of every row of ``features`` (ordered as the saved specs) with one model file.
     ``xs_np``: the features already normalised with this file's statistics (see SharedInputs); only
     read, never written."""
@@ -494,8 +502,7 @@ def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, dev
     boosters = {k: LGBMExpert.from_string(v, c) for k, v in saved["lgbm"].items()}
     replaced = lgbm_apply(specs, features, xs_np, boosters)
     tensors = to_tensors(features, xs_np, replaced, device)
-    model = build_model(saved["model"], specs, c, saved["arch"]).to(device)
-    model.load_state_dict(saved["state_dict"])
+    model = model if model is not None else model_from_saved(saved, device)
     res = predict_rows(model, tensors, np.arange(len(features[0].present)), device, with_weights)
     if with_weights:
         return (*res, weight_names(model))  # (probs, present, weights (n, K) or None, their names)

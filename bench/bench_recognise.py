@@ -1,0 +1,85 @@
+"""Latency of recognising new clips with an exported bundle (prints figures; no assertion).
+
+(a) one 2-s clip end to end in a cold process: `python cli.py recognise BUNDLE clip.mp4` (Python start,
+    imports, bundle checks, model loading, decode, every extractor, every model, vote, rules);
+(b) clips/s through a loaded `Recogniser` (models and extractors loaded once), one clip per call and
+    a batch per call, on fresh 2-s clips.
+
+The bundle is the offline default system: `ensemble.demo.run_demo` (synthetic clips, the default
+features librosa, egemaps, hf-text MiniLM, face-au, face-cnn; two runs, ensemble with the paper's
+rules) unless --bundle gives one. Targets (issue 14): cold <= 10 s, warm >= 2 clips/s per core.
+
+    python bench/bench_recognise.py [--bundle DIR] [--clips 10] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=None, help="an exported bundle (default: train the demo system)")
+    ap.add_argument("--clips", type=int, default=10, help="fresh clips for the warm figures")
+    ap.add_argument("--repeat", type=int, default=3, help="cold runs (median)")
+    args = ap.parse_args()
+    from ensemble.demo import make_fresh_clips, run_demo
+    from ensemble.recogniser import Recogniser
+
+    work = Path(tempfile.mkdtemp(prefix="bench-recognise-"))
+    if args.bundle is None:
+        t0 = time.time()
+        res = run_demo(work / "demo", jobs=2)
+        bundle = res.bundle
+        print(f"bundle: the demo system, trained in {time.time() - t0:.0f} s -> {bundle}")
+    else:
+        bundle = Path(args.bundle)
+    classes = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    fresh = make_fresh_clips(work / "fresh", [classes[i % len(classes)] for i in range(args.clips)], seed=123)
+    clips = sorted(fresh.glob("*.mp4"))
+    if len(clips) < args.clips:  # one file per class name: make the rest under other names
+        for k in range(len(clips), args.clips):
+            src = clips[k % len(clips)]
+            dst = fresh / f"copy{k}-{src.name}"
+            dst.write_bytes(src.read_bytes())
+        clips = sorted(fresh.glob("*.mp4"))
+
+    cold = []
+    for k in range(args.repeat):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "cli.py", "recognise", str(bundle), str(clips[k % len(clips)])], cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cold.append(time.perf_counter() - t0)
+    print(f"(a) cold process, one 2-s clip end to end: median {statistics.median(cold):.2f} s "
+          f"(runs: {', '.join(f'{c:.2f}' for c in cold)}; target <= 10 s)")
+
+    t0 = time.perf_counter()
+    rec = Recogniser.load(bundle)
+    rec.predict(clips[0])  # loads the extractors' models once
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for c in clips:
+        rec.predict(c)
+    one = len(clips) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    rec.predict_many(clips)
+    batch = len(clips) / (time.perf_counter() - t0)
+    import torch
+
+    cores = os.cpu_count() or 1
+    print(f"(b) loaded Recogniser ({load:.1f} s to load and warm up; torch threads {torch.get_num_threads()}, "
+          f"{cores} cores): one clip per call {one:.2f} clips/s ({one / cores:.2f} per core); "
+          f"a batch of {len(clips)} per call {batch:.2f} clips/s ({batch / cores:.2f} per core); "
+          "target >= 2 clips/s per core")
+
+
+if __name__ == "__main__":
+    main()
