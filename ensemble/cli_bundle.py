@@ -57,7 +57,8 @@ def export_cmd(run_dirs, out, ensemble_meta, vote, rules_spec, annotator, power,
               help="Annotator answers for the new clips: enables rules that need them.")
 @click.option("--abstain-below", default=None, type=click.FloatRange(0, 1),
               help="Mark predictions whose calibrated confidence is below P as abstained.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Device for the extractors and the models (auto: a GPU when present).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, None), help="Extraction workers.")
 @click.option("--force", is_flag=True, help="Replace --out even when recognise did not write it.")
 def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, device, jobs, force):

@@ -42,5 +42,5 @@ def test_margin_with_one_class_is_the_score_and_no_rows_write_only_headers(tmp_p
     res = result([], np.zeros((0, 3)), [])
     write_predictions(out, [], res.final.labels, ["x", "y", "z"], res)
     assert read_predictions(out) == {}
-    assert details(out) == [["name", "discrete", "vote", "n_members", "margin", "changed_by",
+    assert details(out) == [["name", "discrete", "vote", "n_members", "margin", "changed_by", "confidence",
                              "prob_x", "prob_y", "prob_z"]]
