@@ -9,7 +9,6 @@ with the length of the audio. Media is made here with PyAV.
 """
 import json
 import os
-import resource
 import subprocess
 import sys
 from fractions import Fraction
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from extract import media
-from extract.media import Clip, DecodeConfig, decode
+from extract.media import Clip, decode
 from extract.registry import build, load_all
 from extract.synth import tone, write_media
 
