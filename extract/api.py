@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 from . import media
 from .defaults import DEFAULT_FEATURES
-from .runner import Summary, UsageError, load_transcripts, run_extract
+from .runner import Summary, UsageError, load_transcripts, parse_shard, run_extract
 
 log = logging.getLogger("moe.extract")
 
@@ -65,6 +65,10 @@ class ExtractConfig:
     extensions: tuple[str, ...] = media.MEDIA_EXTENSIONS
     #: library output (MediaPipe/absl lines, warnings) on the terminal instead of CACHE/extract.log
     verbose: bool = False
+    #: where clips are computed: None (local worker processes, ``jobs``), "local:N" or "tcp://HOST:PORT" (Dask)
+    scheduler: str | None = None
+    #: "i/n": only shard i of n (1-based) of the sorted clip ids (batch arrays, e.g. SLURM); join with cache merge
+    shard: str | None = None
 
     def __post_init__(self):
         if isinstance(self.features, str):
@@ -87,6 +91,14 @@ class ExtractConfig:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if not self.extensions:
             raise UsageError("--extensions is empty: name at least one, e.g. .mp4")
+        from .executors import SchedulerError, parse_scheduler
+        from .runner import parse_shard
+
+        parse_shard(self.shard)
+        try:
+            parse_scheduler(self.scheduler)
+        except SchedulerError as exc:
+            raise UsageError(str(exc)) from None
 
     def decode_config(self) -> media.DecodeConfig:
         return media.DecodeConfig(fps=float(self.fps), max_frames=self.max_frames, max_side=self.max_side)
@@ -125,4 +137,20 @@ def extract(video_dir: str | os.PathLike, cache: str | os.PathLike = DEFAULT_CAC
     texts = load_transcripts(cfg.transcripts, cfg.text_column) if cfg.transcripts else {}
     return run_extract(video_dir, extractors, cache, decode, texts, cfg.transcripts, jobs=cfg.jobs,
                        threads=cfg.threads, retry_failed=cfg.retry_failed, flush_every=cfg.flush_every,
-                       progress=cfg.progress, extensions=cfg.extensions, verbose=cfg.verbose)
+                       progress=cfg.progress, extensions=cfg.extensions, verbose=cfg.verbose, scheduler=cfg.scheduler,
+                       device=resolved_device(cfg.device, cfg.scheduler), shard=parse_shard(cfg.shard))
+
+
+def resolved_device(device: str, scheduler: str | None) -> str:
+    """The device the executor plans for (GPU assignment, resources). Without a scheduler, or with
+    --device cpu, nothing needs to know: "auto" is resolved where a model loads, so signal-only runs
+    never import torch."""
+    if device == "cpu" or (device == "auto" and not scheduler):
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return "cpu"

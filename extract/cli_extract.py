@@ -46,6 +46,12 @@ _D = ExtractConfig()  # the defaults of every option below
 @click.option("--flush-every", type=int, default=_D.flush_every, show_default=True,
               help="Write a shard after this many clips (also every 10 s; >= 1); bounds the loss on a kill.")
 @click.option("--progress/--no-progress", default=_D.progress, show_default=True, help="Show the progress bar.")
+@click.option("--scheduler", default=_D.scheduler, metavar="tcp://HOST:PORT|local:N",
+              help="Compute the clips on a Dask cluster: the address of its scheduler, or local:N for a local "
+                   "cluster of N workers (one per GPU with --device cuda). Default: local processes (--jobs).")
+@click.option("--shard", default=_D.shard, metavar="I/N",
+              help="Only shard I of N (counted from 1) of the sorted clip ids, for batch arrays (SLURM); "
+                   "join the shard caches with `cache merge`.")
 @click.option("--extensions", default=",".join(_D.extensions), show_default=True,
               help="File extensions taken as media under VIDEO_DIR, comma-separated (replaces the list).")
 @click.option("--verbose", is_flag=True, default=_D.verbose,
@@ -94,6 +100,8 @@ def _show_notes() -> None:
 
 def _print_summary(s) -> None:
     click.echo(f"\n{s.clips} clips in {s.seconds:.1f} s: {s.skipped} already cached, {s.decoded} decoded"
+               + (f" on {s.workers} workers" if s.workers > 1 else "")
+               + (f", {s.retried} retried after a worker died" if s.retried else "")
                + (" (interrupted: re-run to resume)" if s.interrupted else ""))
     for key in s.keys:
         click.echo(f"  {key:<28} {key.rsplit('-', 1)[0]:<10} done {s.done[key]:>6}  failed {s.failed[key]:>5}")
@@ -157,6 +165,44 @@ def _short(value, keep: int = 3):
 @click.group("cache")
 def cache_group():
     """Inspect a feature cache."""
+
+
+@cache_group.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True), metavar="CACHE...")
+@click.option("--into", required=True, type=click.Path(file_okay=False), help="Cache to merge into (created if needed).")
+def cache_merge(sources, into):
+    """Join shard caches (from `extract --shard i/n`) into one: exact duplicates are accepted; a feature
+    set whose config differs, or a clip with two different values, is refused before anything is copied."""
+    from .cache_merge import merge
+
+    try:
+        rep = merge(sources, into)
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, r in rep.sets.items():
+        click.echo(f"  {key:<28} {r['shards']:>4} shards copied, {r['clips']:>7} new clips, "
+                   f"{r['duplicates']:>5} identical duplicates")
+    click.echo(f"merged {len(sources)} caches into {into} in {rep.seconds:.1f} s")
+
+
+@cache_group.command("verify")
+@click.option("--cache", "cache_dir", default="cache", show_default=True, help="Cache folder.")
+def cache_verify(cache_dir):
+    """Open every shard of every feature set and check its ids, rows, dims and meta.json; exit 1 on damage."""
+    from .cache_merge import verify
+
+    try:
+        rep = verify(cache_dir)
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, r in rep.sets.items():
+        click.echo(f"  {key:<28} {r['shards']:>4} shards, {r['clips']:>7} clips, {r['failed']:>5} failed")
+    for p in rep.problems:
+        click.echo(f"problem: {p}", err=True)
+    click.echo(f"cache {cache_dir}: {len(rep.sets)} feature sets, "
+               + ("no problem found" if rep.ok else f"{len(rep.problems)} problems"))
+    if not rep.ok:
+        raise SystemExit(1)
 
 
 @cache_group.command("info")

@@ -67,6 +67,8 @@ class Summary:
     extensions_seen: dict[str, int] = field(default_factory=dict)  # every file's extension -> count
     rotated: dict[str, int] = field(default_factory=dict)  # clip id -> degrees its frames were turned upright
     compute_seconds: Counter = field(default_factory=Counter)  # summed in workers: "decode" and per key
+    retried: int | None = 0  # clips a Dask worker died holding, run again elsewhere (None: not counted)
+    workers: int = 1  # worker processes (--jobs, or the Dask cluster's workers)
 
     @property
     def any_success(self) -> bool:
@@ -281,7 +283,8 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                 threads: int = 1,
                 retry_failed: bool = False, flush_every: int = 32, flush_seconds: float = 10.0,
                 progress: bool = True, compact_min_shards: int = 16,
-                extensions=media.MEDIA_EXTENSIONS, verbose: bool = False) -> Summary:
+                extensions=media.MEDIA_EXTENSIONS, verbose: bool = False, scheduler: str | None = None,
+                device: str = "cpu", shard: tuple[int, int] | None = None) -> Summary:
     """Extract ``extractors`` for every media file under ``video_dir`` (those whose extension is in
     ``extensions``) into ``cache_dir``.
 
@@ -296,24 +299,54 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     found = media.scan(video_dir, extensions)
     if not found.files and not found.collisions:
         raise UsageError(no_media_message(found))
+    if shard is not None:
+        keep = set(shard_slice(sorted([*found.files, *found.collisions]), *shard))
+        found.files = {k: v for k, v in found.files.items() if k in keep}
+        found.collisions = {k: v for k, v in found.collisions.items() if k in keep}
     with RunLog(Path(cache_dir) / LOG_NAME, verbose) as runlog:
         runlog.detail(f"extract {video_dir} -> {cache_dir}: {', '.join(ex.key for ex in extractors)} "
                       f"(pid {os.getpid()})", terminal=False)
         return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
-                    jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog)
+                    jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog,
+                    scheduler, device)
+
+
+def shard_slice(ids: list[str], i: int, n: int) -> list[str]:
+    """Shard ``i`` of ``n`` (1-based) of the sorted clip ids: contiguous, as equal as possible, the
+    same whatever order the file system lists the files in."""
+    if not (1 <= i <= n):
+        raise UsageError(f"--shard {i}/{n}: give i/n with 1 <= i <= n")
+    ids = sorted(ids)
+    lo, hi = (len(ids) * (i - 1)) // n, (len(ids) * i) // n
+    return ids[lo:hi]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/16"`` -> (3, 16)."""
+    if text is None or str(text).strip() == "":
+        return None
+    a, sep, b = str(text).partition("/")
+    try:
+        i, n = int(a), int(b)
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: give i/n, e.g. 3/16 (shard 3 of 16, counted from 1)") from None
+    if not sep or not (1 <= i <= n):
+        raise UsageError(f"--shard {text!r}: give i/n with 1 <= i <= n (counted from 1)")
+    return i, n
 
 
 def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_config, transcripts, transcripts_source,
          jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards,
-         runlog: "RunLog") -> Summary:
-    from joblib import Parallel, delayed
+         runlog: "RunLog", scheduler: str | None = None, device: str = "cpu") -> Summary:
     from tqdm.auto import tqdm
+
+    from .executors import LocalExecutor, make_executor
 
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
         try:
-            ex.preflight(load=jobs == 1)
+            ex.preflight(load=jobs == 1 and scheduler is None)
             # meta.json is written once, when a feature set is created; an existing set only checks
             # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
             if FeatureSet(Path(cache_dir) / ex.key).exists():
@@ -358,10 +391,13 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         results = None
         failed_write: CacheWriteError | None = None  # the first write the cache refused
+        executor = make_executor(scheduler, jobs, device)
         try:
-            runner = Parallel(n_jobs=jobs, return_as="generator", prefer="processes")
-            main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
-            results = runner(delayed(process)(t, decode_config, threads, main_pid, log_path) for t in tasks)
+            if isinstance(executor, LocalExecutor):
+                main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
+            else:  # workers elsewhere: no parent to watch, their output is the cluster's
+                main_pid, log_path = None, None
+            results = executor.map(process, tasks, decode_config, threads, main_pid, log_path)
             for out in results:
                 summary.decoded += int(out["decoded"])
                 if out.get("rotation"):
@@ -392,12 +428,8 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
             summary.interrupted = True
         finally:
             bar.close()
-            if results is not None:  # a loop left early (write error, Ctrl-C, a bug): joblib stops the workers
-                import warnings
-
-                with warnings.catch_warnings():  # (and would warn that tasks were cancelled: they were)
-                    warnings.simplefilter("ignore")
-                    results.close()
+            summary.retried, summary.workers = executor.retried, executor.workers
+            executor.close()  # a loop left early (write error, Ctrl-C, a bug) stops the workers
             failed_write = flush_all(writers) or failed_write  # whatever was computed is kept, even on Ctrl-C
         if failed_write is None and not summary.interrupted:
             failed_write = finish_sets(writers, compact_min_shards)

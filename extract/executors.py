@@ -1,0 +1,210 @@
+"""Where the clips of an extract run are decoded and computed: local worker processes (joblib, the
+default) or a Dask cluster (``--scheduler``). Either way the calling process stays the one writer of
+the cache (extract/runner.py) and receives each clip's results as they finish.
+
+Dask (``distributed``, as lhotse's feature extraction does through an ``Executor``):
+
+* ``--scheduler tcp://HOST:8786``: an existing cluster (``dask-jobqueue`` starts one on SLURM/PBS,
+  see the README); ``--scheduler local:N``: a local cluster of N single-threaded worker processes
+  bound to 127.0.0.1.
+* Each worker loads its models once (the runner's per-process model table), runs one clip at a time
+  (one thread), so it never runs two GPU models at once on its device.
+* GPUs: with ``--device cuda`` a local cluster gives worker i the GPU ``i mod n`` through
+  ``CUDA_VISIBLE_DEVICES`` (:func:`gpu_assignment`) and declares a ``GPU`` resource; on any cluster,
+  clips are submitted with ``resources={"GPU": 1}``, so they go only to workers that declare one.
+* A worker that dies: Dask runs its clips again on another worker; the client writes each clip once
+  (one result per clip). The summary counts the clips that were retried (a scheduler plugin reads
+  the task's ``suspicious`` count). Results stream back through a bounded window of clips in
+  flight, so the client's memory stays flat.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+SCHEDULER_HELP = ("tcp://HOST:PORT (an existing Dask cluster), local:N (a local cluster of N workers), or "
+                  "none (local worker processes, --jobs)")
+
+
+class SchedulerError(ValueError):
+    """A --scheduler value that cannot be used (message says why)."""
+
+
+def gpu_assignment(n_workers: int, n_gpus: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES of each local worker: worker i gets GPU i mod n_gpus."""
+    if n_gpus < 1:
+        raise SchedulerError("--device cuda: no CUDA device is available here")
+    return [str(i % n_gpus) for i in range(n_workers)]
+
+
+def parse_scheduler(text: str | None) -> tuple[str, object] | None:
+    """``None``/``none`` -> None; ``local:N`` -> ("local", N); ``tcp://...``/``tls://...`` -> ("address", text)."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return None
+    text = str(text).strip()
+    if text.startswith("local"):
+        _, _, n = text.partition(":")
+        try:
+            workers = int(n) if n else (os.cpu_count() or 1)
+        except ValueError:
+            raise SchedulerError(f"--scheduler {text!r}: give local:N with N a number of workers") from None
+        if workers < 1:
+            raise SchedulerError(f"--scheduler {text!r}: N must be >= 1")
+        return "local", workers
+    if "://" in text or ":" in text:
+        return "address", text
+    raise SchedulerError(f"--scheduler {text!r}: {SCHEDULER_HELP}")
+
+
+# -- local worker processes -------------------------------------------------------------------------
+
+class LocalExecutor:
+    """Today's engine: joblib worker processes (``jobs``), results in clip order."""
+
+    retried = 0
+    workers = 1
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.workers = jobs
+        self._gen = None
+
+    def map(self, fn, tasks, *args):
+        from joblib import Parallel, delayed
+
+        runner = Parallel(n_jobs=self.jobs, return_as="generator", prefer="processes")
+        self._gen = runner(delayed(fn)(t, *args) for t in tasks)
+        return self._gen
+
+    def close(self) -> None:
+        if self._gen is not None:  # a loop left early (write error, Ctrl-C): joblib stops the workers
+            import warnings
+
+            with warnings.catch_warnings():  # (and would warn that tasks were cancelled: they were)
+                warnings.simplefilter("ignore")
+                self._gen.close()
+
+
+# -- Dask ---------------------------------------------------------------------------------------------
+
+def _retry_plugin():
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class RetryCounter(SchedulerPlugin):
+        """Counts the tasks that finished after a worker holding them died (``suspicious`` > 0)."""
+
+        name = "moe-emotion-retries"
+
+        def __init__(self):
+            self.retried: set = set()
+            self.scheduler = None
+
+        async def start(self, scheduler):
+            self.scheduler = scheduler
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "memory" and self.scheduler is not None:
+                ts = self.scheduler.tasks.get(key)
+                if ts is not None and ts.suspicious:
+                    self.retried.add(str(key))
+
+    return RetryCounter()
+
+
+def _read_retried(dask_scheduler=None):
+    plugin = dask_scheduler.plugins.get("moe-emotion-retries")
+    return sorted(plugin.retried) if plugin is not None else None
+
+
+@dataclass
+class LocalClusterSpec:
+    workers: int
+    gpus: list[str] | None  # CUDA_VISIBLE_DEVICES per worker (None: CPU)
+
+
+def start_local_cluster(spec: LocalClusterSpec):
+    """A local Dask cluster on 127.0.0.1: one single-threaded worker process (a Nanny) per worker."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {}
+    for i in range(spec.workers):
+        opts = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": None, "silence_logs": 40}
+        if spec.gpus is not None:
+            opts["env"] = {"CUDA_VISIBLE_DEVICES": spec.gpus[i]}
+            opts["resources"] = {"GPU": 1}
+        workers[f"moe-{i}"] = {"cls": Nanny, "options": opts}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40)
+
+
+class DaskExecutor:
+    """Clips on a Dask cluster; results as they finish (not in clip order)."""
+
+    def __init__(self, scheduler: str, device: str = "cpu", window_per_worker: int = 3):
+        kind, value = parse_scheduler(scheduler)
+        from distributed import Client
+
+        self.cluster = None
+        if kind == "local":
+            gpus = None
+            if device == "cuda":
+                import torch
+
+                gpus = gpu_assignment(value, torch.cuda.device_count())
+            self.cluster = start_local_cluster(LocalClusterSpec(value, gpus))
+            self.client = Client(self.cluster, set_as_default=False)
+        else:
+            try:
+                self.client = Client(value, timeout="20s", set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerError(f"--scheduler {value}: cannot reach the Dask scheduler ({exc})") from None
+        self.resources = {"GPU": 1} if device == "cuda" else None
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        self.window = max(2, window_per_worker * self.workers)
+        self.retried = 0
+        self._plugin = False
+        try:
+            self.client.register_plugin(_retry_plugin())
+            self._plugin = True
+        except Exception:  # noqa: BLE001 - a scheduler without this package: retries are not counted
+            self.retried = None
+
+    def map(self, fn, tasks, *args):
+        from distributed import as_completed
+
+        tasks = list(tasks)
+        if not tasks:
+            return
+        it = iter(enumerate(tasks))
+
+        def submit(k, task):
+            return self.client.submit(fn, task, *args, key=f"moe-clip-{k}-{task.id[:60]}", pure=False,
+                                      resources=self.resources, retries=0)
+
+        first = [submit(k, t) for k, t in (next(it) for _ in range(min(self.window, len(tasks))))]
+        pending = as_completed(first, loop=self.client.loop)
+
+        def submit_next() -> None:
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.add(submit(*nxt))
+
+        for fut in pending:
+            out = fut.result()
+            fut.release()
+            submit_next()
+            yield out
+        if self._plugin:
+            got = self.client.run_on_scheduler(_read_retried)
+            self.retried = len(got) if got is not None else None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def make_executor(scheduler: str | None, jobs: int, device: str):
+    return LocalExecutor(jobs) if parse_scheduler(scheduler) is None else DaskExecutor(scheduler, device)

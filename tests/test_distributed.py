@@ -1,0 +1,185 @@
+"""Extraction spread out: a Dask LocalCluster on 127.0.0.1 (2 workers), a worker killed mid-run,
+shards + merge, and `cache verify` -- each compared value for value with a plain local run."""
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from extract import extract
+from extract.cache import CacheError, Feature, FeatureCache, put
+from extract.cache_merge import merge, verify
+from extract.executors import SchedulerError, gpu_assignment, parse_scheduler
+from extract.runner import shard_slice
+from extract.synth import make_clip
+
+FEATS = "librosa,frame-stats"
+pytest.importorskip("distributed")
+
+
+def values(cache) -> dict:
+    c = FeatureCache(cache)
+    ids = sorted(c.all_ids())
+    out = {}
+    for k in c.keys():
+        b = c.read(k, ids)
+        out[k] = (ids, b.present.copy(), np.asarray(b.data).copy(), sorted(c.feature_set(k).failures().items()))
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        ia, pa, da, fa = a[k]
+        ib, pb, db, fb = b[k]
+        assert ia == ib and np.array_equal(pa, pb) and fa == fb, k
+        assert np.array_equal(da, db, equal_nan=True), k
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dclips")
+    for i in range(8):
+        make_clip(d / f"clip {i}.mp4", seconds=0.6 + 0.05 * i, size=(48, 64), freq=150 + 40 * i, seed=i)
+    (d / "broken.mp4").write_bytes(b"not media")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_run(clips, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("dlocal") / "cache"
+    extract(clips, cache, features=FEATS, progress=False)
+    return values(cache)
+
+
+def test_scheduler_and_gpu_assignment_logic():
+    assert parse_scheduler(None) is None and parse_scheduler("none") is None
+    assert parse_scheduler("local:3") == ("local", 3)
+    assert parse_scheduler("tcp://10.0.0.5:8786") == ("address", "tcp://10.0.0.5:8786")
+    with pytest.raises(SchedulerError):
+        parse_scheduler("local:zero")
+    assert gpu_assignment(4, 2) == ["0", "1", "0", "1"] and gpu_assignment(3, 4) == ["0", "1", "2"]
+    with pytest.raises(SchedulerError, match="no CUDA device"):
+        gpu_assignment(2, 0)
+
+
+def test_a_local_dask_cluster_writes_the_same_cache_as_a_local_run(clips, local_run, tmp_path):
+    cache = tmp_path / "cache"
+    s = extract(clips, cache, features=FEATS, scheduler="local:2", progress=False)
+    assert s.workers == 2 and s.retried == 0
+    assert_same(values(cache), local_run)
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(clips, local_run, tmp_path):
+    from distributed import Client, LocalCluster
+
+    long_clips = tmp_path / "long"
+    long_clips.mkdir()
+    for p in clips.iterdir():  # the same clips, plus slow ones so that work is in flight when a worker dies
+        os.symlink(p, long_clips / p.name)
+    for i in range(4):
+        make_clip(long_clips / f"slow {i}.mp4", seconds=25.0, fps=2, size=(32, 32), freq=300 + 20 * i, seed=10 + i)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True, silence_logs=50) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        killed = []
+
+        def killer():
+            deadline = time.time() + 120
+            while time.time() < deadline:  # as soon as both workers are computing
+                busy = client.processing()
+                if sum(len(v) for v in busy.values()) >= 2:
+                    victim = next(a for a, v in busy.items() if v)
+                    os.kill(pids[victim], signal.SIGKILL)
+                    killed.append(victim)
+                    return
+                time.sleep(0.05)
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        s = extract(long_clips, tmp_path / "cache", features=FEATS, scheduler=cluster.scheduler_address,
+                    progress=False, flush_every=1)
+        t.join(5)
+    assert killed, "no worker was killed (nothing was in flight?)"
+    assert s.retried >= 1
+    got = values(tmp_path / "cache")
+    n = len(list(long_clips.iterdir()))
+    for k, (ids, present, _, fails) in got.items():
+        assert len(ids) == n and present.sum() + len(fails) == n  # every clip once: a value or a failure
+    fs = FeatureCache(tmp_path / "cache").feature_set(next(iter(got)))
+    import h5py
+
+    seen = []
+    for shard in fs.shards():
+        with h5py.File(shard, "r") as f:
+            seen += list(f["ids"].asstr()[()]) if "ids" in f else []
+    assert len(seen) == len(set(seen))  # nothing written twice
+    # the clips both runs share hold the same values
+    c = FeatureCache(tmp_path / "cache")
+    for k, (ids, present, data, _) in local_run.items():
+        b = c.read(k, ids)
+        assert np.array_equal(b.present, present) and np.array_equal(np.asarray(b.data), data, equal_nan=True), k
+
+
+def test_shard_slices_are_stable_and_shards_merged_equal_a_single_run(clips, local_run, tmp_path):
+    ids = [f"c{i:03d}" for i in range(23)]
+    shuffled = ids[:]
+    random.Random(0).shuffle(shuffled)
+    parts = [shard_slice(shuffled, i, 4) for i in range(1, 5)]
+    assert parts == [shard_slice(ids, i, 4) for i in range(1, 5)]
+    assert sum(parts, []) == ids and max(map(len, parts)) - min(map(len, parts)) <= 1
+    shards = []
+    for i in (1, 2, 3):
+        res = CliRunner().invoke(cli.main, ["extract", str(clips), "--cache", str(tmp_path / f"shard-{i}"),
+                                            "--features", FEATS, "--shard", f"{i}/3", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        shards.append(tmp_path / f"shard-{i}")
+    # shard 2 is run a second time into another cache: its exact duplicates are accepted
+    res = CliRunner().invoke(cli.main, ["extract", str(clips), "--cache", str(tmp_path / "shard-2b"),
+                                        "--features", FEATS, "--shard", "2/3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli.main, ["cache", "merge", *map(str, shards), str(tmp_path / "shard-2b"), "--into",
+                                        str(tmp_path / "all")])
+    assert res.exit_code == 0, res.output
+    assert "identical duplicates" in res.output
+    assert_same(values(tmp_path / "all"), local_run)
+    again = merge([shards[1]], tmp_path / "all")  # re-merging a shard: identical duplicates only
+    assert all(r["clips"] == 0 and r["duplicates"] > 0 for r in again.sets.values())
+    assert_same(values(tmp_path / "all"), local_run)
+    assert verify(tmp_path / "all").ok
+
+
+def test_merge_refuses_a_clip_with_two_values_and_a_changed_config(tmp_path):
+    put(tmp_path / "a", "vec", "vector", {"x": Feature(data=np.ones(3)), "y": Feature(data=np.zeros(3))},
+        meta={"config": {"k": 1}})
+    put(tmp_path / "b", "vec", "vector", {"x": Feature(data=np.full(3, 2.0))}, meta={"config": {"k": 1}})
+    with pytest.raises(CacheError, match="clip 'x' has two different values"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not FeatureCache(tmp_path / "out").keys()
+    key = FeatureCache(tmp_path / "a").keys()[0]
+    meta = FeatureCache(tmp_path / "b").feature_set(key).path / "meta.json"
+    import json
+
+    m = json.loads(meta.read_text())
+    m["config"] = {"k": 2}
+    meta.write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="disagree on config"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+
+
+def test_cache_verify_finds_a_damaged_shard(clips, tmp_path):
+    cache = tmp_path / "cache"
+    extract(clips, cache, features=FEATS, progress=False, flush_every=2)
+    res = CliRunner().invoke(cli.main, ["cache", "verify", "--cache", str(cache)])
+    assert res.exit_code == 0 and "no problem found" in res.output
+    fs = FeatureCache(cache).feature_set(FeatureCache(cache).keys()[0])
+    shard = fs.shards()[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 3])
+    res = CliRunner().invoke(cli.main, ["cache", "verify", "--cache", str(cache)])
+    assert res.exit_code == 1 and shard.name in res.output and "Traceback" not in res.output
