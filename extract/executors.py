@@ -59,30 +59,67 @@ def parse_scheduler(text: str | None) -> tuple[str, object] | None:
 # -- local worker processes -------------------------------------------------------------------------
 
 class LocalExecutor:
-    """Today's engine: joblib worker processes (``jobs``), results in clip order."""
+    """Local processes. ``jobs`` 1: every clip in this process. ``jobs`` N > 1: N - 1 worker processes
+    (loky, as joblib uses) AND this process, which already holds its loaded models: a worker costs
+    seconds of CPU to start (imports, model loading, numba compilation), which this process has paid
+    already, so it computes clips itself instead of waiting while the workers start. Results come back
+    as they finish; values do not depend on where a clip ran (same code, same thread counts)."""
 
     retried = 0
-    workers = 1
 
     def __init__(self, jobs: int):
         self.jobs = jobs
         self.workers = jobs
-        self._gen = None
+        self._pool = None
+        self._pending: set = set()
 
     def map(self, fn, tasks, *args):
-        from joblib import Parallel, delayed
+        tasks = list(tasks)
+        if self.jobs == 1 or len(tasks) <= 1:
+            for t in tasks:
+                yield fn(t, *args)
+            return
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        runner = Parallel(n_jobs=self.jobs, return_as="generator", prefer="processes")
-        self._gen = runner(delayed(fn)(t, *args) for t in tasks)
-        return self._gen
+        from joblib.externals.loky import get_reusable_executor
+
+        self._pool = get_reusable_executor(max_workers=self.jobs - 1, timeout=120)
+        window = 2 * (self.jobs - 1)
+        it = iter(tasks)
+        pending = self._pending
+
+        def fill() -> None:
+            while len(pending) < window:
+                t = next(it, None)
+                if t is None:
+                    return
+                pending.add(self._pool.submit(fn, t, *args))
+
+        fill()
+        while True:
+            for f in [f for f in pending if f.done()]:
+                pending.discard(f)
+                yield f.result()
+            fill()
+            t = next(it, None)
+            if t is not None:  # this process takes the next clip while the workers compute theirs
+                yield fn(t, *args)
+                continue
+            if not pending:
+                return
+            wait(pending, return_when=FIRST_COMPLETED)
 
     def close(self) -> None:
-        if self._gen is not None:  # a loop left early (write error, Ctrl-C): joblib stops the workers
-            import warnings
-
-            with warnings.catch_warnings():  # (and would warn that tasks were cancelled: they were)
-                warnings.simplefilter("ignore")
-                self._gen.close()
+        """Called at the end of a run; after a loop left early (write error, Ctrl-C) the clips not
+        started are cancelled and the workers stopped."""
+        if self._pool is None:
+            return
+        unfinished = [f for f in self._pending if not f.done()]
+        for f in unfinished:
+            f.cancel()
+        if unfinished:
+            self._pool.shutdown(wait=False, kill_workers=True)
+        self._pending.clear()
 
 
 # -- Dask ---------------------------------------------------------------------------------------------

@@ -346,7 +346,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
         try:
-            ex.preflight(load=jobs == 1 and scheduler is None)
+            ex.preflight(load=scheduler is None)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks
             # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
             if FeatureSet(Path(cache_dir) / ex.key).exists():

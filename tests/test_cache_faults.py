@@ -122,7 +122,8 @@ def test_disk_full_after_the_first_shard_is_one_message_and_a_resume_completes(v
         assert psutil.wait_procs(loky_workers(), timeout=10)[1] == []
     c = FeatureCache(cache)
     done = [c.feature_set(k).done_ids() for k in c.keys()]
-    assert {"c0"} in done and all(len(d) <= 1 for d in done)  # what was written is readable
+    # what was written is readable: one clip (c0 with --jobs 1; with --jobs 2 whichever finished first)
+    assert sum(len(d) for d in done) == 1 and ({"c0"} in done or jobs == "2")
     monkeypatch.undo()
     again = extract_cli(videos, cache, "--jobs", jobs)
     assert again.exit_code == 0, again.output

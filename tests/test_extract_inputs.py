@@ -292,12 +292,13 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     for i in range(4):  # pyin on 40 s of audio keeps a worker busy far longer than the bound below
         write_media(videos / f"long{i}.wav", audio=tone(40.0, 16000, freq=140 + 30 * i, seed=i), rate=16000)
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "extract", str(videos), "--cache",
-                             str(tmp_path / "cache"), "--features", "librosa:pitch=pyin", "--jobs", "2",
+                             str(tmp_path / "cache"), "--features", "librosa:pitch=pyin", "--jobs", "3",
                              "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     main = psutil.Process(proc.pid)
     workers = []
     try:
         deadline = time.time() + 180
+        # --jobs 3: two worker processes (the main process computes clips too)
         while time.time() < deadline and proc.poll() is None:  # until two workers are computing
             busy = []
             for child in main.children(recursive=True):
