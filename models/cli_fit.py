@@ -39,10 +39,15 @@ D = FitConfig()
               help="auto: a GPU when present")
 @click.option("--normalize", default=D.normalize, show_default=True, type=click.Choice(sorted(NORMALIZERS)),
               help="standardisation statistics: training fold only; every cached clip, labeled or not (pool); "
-                   "per group (speaker) with --group-table. pool beat fold on held-out speakers in "
+                   "per group (speaker) with --group-table; per speaker cluster of a speaker embedding for the "
+                   "audio experts (cluster: no speaker labels). pool beat fold on held-out speakers in "
                    "bench/bench_fit.py; group beats both when every clip's speaker is known")
 @click.option("--group-table", default=None, type=click.Path(dir_okay=False),
               help="CSV name,group for --normalize group (must cover the clips to predict)")
+@click.option("--cluster-feature", default=D.cluster_feature, show_default=True,
+              help="--normalize cluster: the speaker-embedding feature whose clusters stand in for speakers")
+@click.option("--clusters", default=D.clusters, type=click.IntRange(1, None),
+              help="--normalize cluster: a fixed number of speaker clusters (default: chosen by silhouette)")
 @click.option("--class-weight", default=D.class_weight, show_default=True, type=click.Choice(CLASS_WEIGHTS),
               help="balanced: weight the loss by inverse class frequency")
 @click.option("--strict", is_flag=True, help="make skipped ids (absent from the cache, unknown class) fatal")

@@ -24,7 +24,7 @@ from models.data import (InputError, cached_ids, check_classes, first_few, load_
 from models.heads import HEADS
 from models.normalize import NORMALIZERS
 from models.pseudo import read_pseudo
-from models.run_dir import PSEUDO_TABLE, RunWriter, member_metrics, open_run, provenance
+from models.run_dir import CLUSTERS_FILE, PSEUDO_TABLE, RunWriter, member_metrics, open_run, provenance
 from models.train import CLASS_WEIGHTS, MODELS, Problem, TrainConfig, TrainOnly, cross_validate, resolve_device
 
 LOG = logging.getLogger("moe.models")
@@ -87,6 +87,8 @@ class FitConfig:
     heads: int = _T.n_heads
     dropout: float = _T.dropout
     max_frames: int = 64
+    cluster_feature: str = "speaker"      # --normalize cluster: the speaker-embedding feature clustered
+    clusters: int | None = None           # --normalize cluster: a fixed number of clusters (default: silhouette)
     threads: int = 0                      # torch / LightGBM CPU threads (0: torch's default)
     pseudo: str | None = None             # stage 2: a pseudo-label CSV from `pseudo-label`
     stage2: str = _T.stage2
@@ -252,9 +254,11 @@ def _fit_once(cache, labels, features, out, cfg: FitConfig, pseudo, note, compar
     empty = [class_list[k] for k in range(len(class_list)) if counts[k] == 0]
     if empty:
         note(f"classes with no labeled clip (never learned): {', '.join(empty)}")
-    row_groups = None
+    row_groups = clusters = None
     if cfg.normalize == "group":
         row_groups = _row_groups(ids, lab, cfg.group_table, cfg.groups, cfg.strict, note)
+    elif cfg.normalize == "cluster":
+        clusters, row_groups = cluster_rows(fc, ids, cfg, note)
     dev = resolve_device(cfg.device)
     tcfg = TrainConfig(model=cfg.model, head=cfg.head, folds=cfg.folds, seeds=cfg.seeds, epochs=cfg.epochs,
                        patience=cfg.patience, batch_size=cfg.batch_size, lr=cfg.lr, hidden=cfg.hidden,
@@ -281,7 +285,10 @@ def _fit_once(cache, labels, features, out, cfg: FitConfig, pseudo, note, compar
               "stage2": None if pl is None else cfg.stage2, "stage2_weight": None if pl is None else cfg.pseudo_weight,
               "stage2_clips": 0 if train_only is None else len(train_only.rows),
               "pseudo_meta": None if pl is None else pl.meta, "n_labeled": len(lab_rows), "n_test": len(test_rows),
-              "feature_meta": {fd.key: fd.meta for fd in feats}, "provenance": provenance()}
+              "feature_meta": {fd.key: fd.meta for fd in feats}, "provenance": provenance(),
+              "clusters": None if clusters is None else {
+                  "feature": clusters.feature, "k": len(clusters.sizes), "sizes": clusters.sizes,
+                  "chosen_by": clusters.chosen_by, "pool_statistics_clips": int((row_groups == "").sum())}}
     with RunWriter(out) as writer:
         writer.config(config)
         writer.classes(class_list)
@@ -303,6 +310,10 @@ def _fit_once(cache, labels, features, out, cfg: FitConfig, pseudo, note, compar
             writer.router("test", test_names, result.test_weights, result.weight_names)
         rows = member_metrics(result.members, result.oof, y)
         writer.metrics(rows)
+        if clusters is not None:
+            import json
+
+            writer.write_file(CLUSTERS_FILE, json.dumps(clusters.to_dict(), indent=1) + "\n")
         if pl is not None:  # the run keeps its own copy: ensemble leaves these ids out of tuning
             writer.table(PSEUDO_TABLE, ["name", "discrete"], sorted(zip(pl.ids, pl.labels)))
         comparison = []
@@ -314,6 +325,32 @@ def _fit_once(cache, labels, features, out, cfg: FitConfig, pseudo, note, compar
         writer.publish()
     return FitResult(Path(out), rows, len(lab_rows), len(test_rows), cfg, list(note), time.time() - t0,
                      comparison=comparison)
+
+
+def cluster_rows(fc, ids, cfg: FitConfig, note):
+    """--normalize cluster: speaker clusters of every clip of the run -> (Clusters, group per row)."""
+    from extract.cache import CacheError
+    from models.clusters import find_clusters
+
+    try:
+        key = fc.resolve(cfg.cluster_feature)
+    except CacheError as exc:
+        raise InputError(f"--normalize cluster needs a speaker-embedding feature in the cache ({exc}); extract it "
+                         "with `cli.py extract --features speaker` or pass --cluster-feature KEY") from None
+    emb = load_features(fc, [key], ids)[0]
+    if emb.kind != "vector":
+        raise InputError(f"--cluster-feature {key}: a {emb.kind} feature; give a vector (a speaker embedding)")
+    x = emb.x[:, 0, :]
+    found = find_clusters(x, key, emb.present, k=cfg.clusters)
+    groups = found.assign(x, emb.present)
+    n_pool = int((groups == "").sum())
+    msg = (f"--normalize cluster: {len(found.sizes)} speaker clusters of {key} ({found.chosen_by}); sizes "
+           f"{', '.join(map(str, found.sizes))}")
+    if n_pool:
+        note(f"{msg}; {n_pool} clips get pool statistics (no embedding, or far from every cluster)")
+    else:
+        LOG.info(msg)
+    return found, groups
 
 
 def compare_stages(stage1_dir, rows: list[dict]) -> list[dict]:

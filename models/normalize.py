@@ -1,4 +1,4 @@
-"""Feature standardisation: ``fold``, ``pool`` or ``group`` statistics (``--normalize``).
+"""Feature standardisation: ``fold``, ``pool``, ``group`` or ``cluster`` statistics (``--normalize``).
 
 Statistics are per dimension; for a ``layers`` feature per layer and dimension (layers differ in
 scale), for ``series`` over the valid frames. Only present rows and real tokens enter a statistic,
@@ -7,7 +7,9 @@ and only real tokens are transformed (the rest stay 0 and stay masked).
 * fold: mean/std of the training rows of the fold (labels play no part, but held-out rows neither);
 * pool: mean/std of every cached clip of the feature set, labeled or not;
 * group: mean/std per group (speaker) over every clip of that group, labeled or not; a group with
-  fewer than ``MIN_GROUP`` clips of a feature, and ids with no group, fall back to the pool figures.
+  fewer than ``MIN_GROUP`` clips of a feature, and ids with no group, fall back to the pool figures;
+* cluster: as group for the audio experts, with groups found by clustering a speaker embedding
+  (models/clusters.py: no speaker labels needed); the other experts get pool statistics.
 """
 from __future__ import annotations
 
@@ -111,9 +113,20 @@ def fit_group(fd: FeatureData, train_rows=None, row_groups=None, **_) -> Feature
     return FeatureNormalizer(base, {} if row_groups is None else _fit_groups(fd, row_groups))
 
 
-NORMALIZERS = {"fold": fit_fold, "pool": fit_pool, "group": fit_group}
+CLUSTER_MODALITIES = ("audio",)  # experts z-scored per speaker cluster under --normalize cluster
+
+
+def fit_cluster(fd: FeatureData, train_rows=None, row_groups=None, **_) -> FeatureNormalizer:
+    """Per speaker cluster (``row_groups`` from models.clusters) for audio experts; pool statistics for
+    the rest (a face or a text does not change with the voice)."""
+    if fd.meta.get("modality") in CLUSTER_MODALITIES:
+        return fit_group(fd, train_rows, row_groups)
+    return fit_pool(fd)
+
+
+NORMALIZERS = {"fold": fit_fold, "pool": fit_pool, "group": fit_group, "cluster": fit_cluster}
 # modes whose statistics do not depend on the fold (fitted once per run)
-FOLD_INDEPENDENT = {"pool", "group"}
+FOLD_INDEPENDENT = {"pool", "group", "cluster"}
 
 
 def extend_groups(norm: FeatureNormalizer, fd: FeatureData, row_groups) -> FeatureNormalizer:

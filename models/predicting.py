@@ -120,7 +120,16 @@ def predict(run_dir, cache, ids=None, group_table=None, device: str = "auto", st
         note(f"{len(dead)} ids have no usable value in any feature of the run (first: {first_few(dead)}); "
              "no prediction")
     row_groups = None
-    if run.config.get("normalize") == "group":
+    if run.config.get("normalize") == "cluster":
+        clusters = run.clusters()
+        if clusters is None:
+            raise InputError(f"{run.root}: a --normalize cluster run without clusters.json; re-run `cli.py fit`")
+        if clusters.feature not in fc.keys():
+            raise InputError(f"cache {cache} lacks {clusters.feature}, the speaker embedding this run's clusters were "
+                             "made from; extract it with the same configuration")
+        emb = load_features(fc, [clusters.feature], ids)[0]
+        row_groups = clusters.assign(emb.x[:, 0, :], emb.present)
+    elif run.config.get("normalize") == "group":
         table = read_group_table(group_table) if group_table else {}
         row_groups = groups_of(ids, table, strict, note, lambda uncovered: (
             f"this run normalises per group: {len(uncovered)} ids have no group (first: {first_few(uncovered)}); "

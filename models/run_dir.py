@@ -7,6 +7,7 @@
     members.json   [{member, kind, feature}]: every expert, the fused expert and the routed output
     metrics.csv    member,weighted_f1,macro_f1,accuracy (out-of-fold)
     pseudo_labels.csv  stage 2 only: name,discrete of the pseudo-labeled clips it trained on
+    clusters.json  --normalize cluster only: speaker clusters (centres, radius, sizes, how k was chosen)
     oof/<member>.csv  test/<member>.csv   name,<classes...> probabilities
     router/oof.csv  router/test.csv   name,<expert members...>,fused: mean router weight per clip
     curves/fold<k>_seed<s>.csv  models/fold<k>_seed<s>.pt
@@ -53,6 +54,7 @@ PARTIAL_SUFFIX = ".partial"
 CONFIG_MAX_BYTES = 4_000_000
 LOG = logging.getLogger("moe.models")
 ROUTER_DIR = "router"  # router/oof.csv, router/test.csv: per-clip router weights (which expert decided)
+CLUSTERS_FILE = "clusters.json"  # --normalize cluster: the speaker clusters, their sizes, how k was chosen
 PSEUDO_TABLE = "pseudo_labels.csv"  # stage 2: the pseudo-labeled clips the run trained on
 
 
@@ -344,6 +346,14 @@ class Run:
             i, j = header.index("name"), header.index("discrete")
             self._labels = {r[i]: r[j] for r in rows if len(r) == len(header)}
         return self._labels
+
+    def clusters(self):
+        """The speaker clusters of a ``--normalize cluster`` run (models.clusters.Clusters), or None."""
+        if not (self.root / CLUSTERS_FILE).is_file():
+            return None
+        from models.clusters import Clusters
+
+        return Clusters.from_dict(_read_json(self.root / CLUSTERS_FILE, "the speaker clusters of the run"))
 
     def pseudo_ids(self) -> set[str]:
         """Ids the run trained on with a pseudo-label (stage 2), never a truth to tune on."""
