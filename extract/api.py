@@ -145,7 +145,7 @@ def resolved_device(device: str, scheduler: str | None) -> str:
     """The device the executor plans for (GPU assignment, resources). Without a scheduler, or with
     --device cpu, nothing needs to know: "auto" is resolved where a model loads, so signal-only runs
     never import torch."""
-    if device == "cpu" or (device == "auto" and not scheduler):
+    if device == "cpu" or not scheduler:  # local processes: each extractor resolves (and checks) its device
         return "cpu"
     import torch
 
