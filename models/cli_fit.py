@@ -28,7 +28,8 @@ D = FitConfig()
 @click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True,
               help="comma-separated seeds; results averaged over seeds")
 @click.option("--head", default=D.head, show_default=True, type=click.Choice(sorted(HEADS)),
-              help="expert head of vector features: transformer+MLP classifier, or LightGBM")
+              help="expert head: transformer + MLP classifier (mlp), LightGBM on vector features (lgbm), or a "
+                   "multinomial logistic regression on the pooled tokens (linear: small data)")
 @click.option("--model", default=D.model, show_default=True, type=click.Choice(sorted(MODELS)),
               help="moe: experts + fused + router; attention: the MERTools attention baseline")
 @click.option("--epochs", default=D.epochs, show_default=True, type=click.IntRange(1, None),

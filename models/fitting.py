@@ -119,8 +119,9 @@ class FitConfig:
             raise InputError(f"--pseudo-weight {cfg.pseudo_weight}: must be > 0")
         if cfg.rounds > 1 and cfg.pseudo is None:
             raise InputError("--rounds needs --pseudo (the first round's pseudo-labels)")
-        if cfg.model == "attention" and cfg.head == "lgbm":
-            raise InputError("--head lgbm applies to --model moe (the attention baseline has its own MLP encoders)")
+        if cfg.model == "attention" and cfg.head != "mlp":
+            raise InputError(f"--head {cfg.head} applies to --model moe (the attention baseline has its own MLP "
+                             "encoders)")
         return cfg
 
     @classmethod

@@ -116,4 +116,29 @@ def run_on_present(expert: nn.Module, x, tok_mask, present, hidden: int, n_class
     return h, logits
 
 
-HEADS = {"mlp": TokenExpert, "lgbm": ProbExpert}
+class LinearExpert(nn.Module):
+    """A multinomial logistic regression on the pooled tokens (``--head linear``, for small data): a
+    ``layers`` feature is pooled by a learned softmax weighting of its layers (s3prl's weighted sum),
+    a ``series`` by the mean of its valid frames, a vector is itself. Its logits are one linear map of
+    that pooled input; its hidden (for the router and the fused expert) is a projection of it."""
+
+    def __init__(self, kind: str, d_in: int, n_tokens: int, n_classes: int, hidden: int = 256,
+                 dropout: float = 0.2, **_):
+        super().__init__()
+        self.kind = kind
+        self.layer_logits = nn.Parameter(torch.zeros(n_tokens)) if kind == "layers" else None
+        self.drop = nn.Dropout(dropout)
+        self.logit = nn.Linear(d_in, n_classes)
+        self.proj = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU())
+
+    def forward(self, x, tok_mask):
+        if self.layer_logits is not None:
+            w = torch.softmax(self.layer_logits, dim=0)
+            z = (x * w[None, :, None]).sum(1)
+        else:
+            z = pool_tokens(x, tok_mask)
+        z = self.drop(z)
+        return self.proj(z), self.logit(z)
+
+
+HEADS = {"mlp": TokenExpert, "lgbm": ProbExpert, "linear": LinearExpert}

@@ -133,7 +133,7 @@ def class_weights(y, n_classes: int, mode: str) -> np.ndarray:
 def expert_specs(features: list[FeatureData], head: str, n_classes: int) -> list[ExpertSpec]:
     specs = []
     for fd in features:
-        h = "lgbm" if (head == "lgbm" and fd.kind == "vector") else "mlp"
+        h = "lgbm" if (head == "lgbm" and fd.kind == "vector") else "linear" if head == "linear" else "mlp"
         dim = n_classes if h == "lgbm" else fd.dim
         ntok = 1 if h == "lgbm" else fd.n_tokens
         specs.append(ExpertSpec(fd.key, fd.kind, dim, ntok, h))
