@@ -16,7 +16,6 @@ file, or a bundle of another format, is refused with a message naming it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.checksum import sha256_file
 from extract.errors import UserError
 from extract.outputs import WRITTEN_BY, OutputError, enclosing_tool_folder, read_record, swap_into_place
 from extract.registry import toolkit_version
@@ -39,13 +39,6 @@ RECORD = "bundle.json"
 class BundleError(UserError, ValueError):
     """A bundle that cannot be written or used (message names the file and what to do)."""
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def feature_spec(key: str, meta: dict) -> dict:
@@ -151,7 +144,7 @@ def export_bundle(run_dirs, out, ensemble_meta=None, vote: str = "reliance", pow
                                   "n_labeled": r.config.get("n_labeled"), "cache": r.config.get("cache")}
                                  for r in runs]}
         (stage / "README.md").write_text(model_card(record, ms, pipeline), encoding="utf-8")
-        files = {p.relative_to(stage).as_posix(): _sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+        files = {p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
         record["files"] = files
         (stage / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
         old = read_record(out / RECORD) or {}
@@ -242,7 +235,7 @@ def open_bundle(root) -> Bundle:
         p = root / rel
         if ".." in Path(rel).parts or not p.is_file():
             bad.append(f"{rel} is missing")
-        elif _sha256(p) != digest:
+        elif sha256_file(p) != digest:
             bad.append(f"{rel} was changed")
     if bad or not rec.get("files"):
         raise BundleError(f"{root}: {', '.join(bad[:3]) or 'no file list'}"

@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from extract.cache import atomic_open
+from extract.checksum import sha256_file
 from extract.errors import UserError
 from extract.safeio import clip
 from extract.outputs import read_record
@@ -73,19 +73,15 @@ def write_predictions(out, ids, labels, classes, result=None, meta: dict | None 
 
         _atomic_write(paths["details"], details)
     if meta is not None:  # last: it records the checksum of the predictions it describes
-        meta = dict(meta, predictions_sha256=_sha256(out))
+        meta = dict(meta, predictions_sha256=sha256_file(out))
         _atomic_write(paths["meta"], lambda fh: json.dump(meta, fh, indent=2, default=str))
     return paths
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def verify_meta(predictions_path, meta: dict) -> bool:
     """Does the meta sidecar describe this predictions file (a killed or another run leaves a mismatch)?"""
     want = meta.get("predictions_sha256")
-    return want is None or want == _sha256(predictions_path)
+    return want is None or want == sha256_file(predictions_path)
 
 
 def read_predictions(path) -> dict[str, str]:

@@ -22,13 +22,14 @@ close as a safety net for long-lived workers.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .checksum import sha256_file  # noqa: F401  (faces.sha256_file: used by the face extractors)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 FACE_LANDMARKER = ASSETS / "face_landmarker.task"
@@ -53,14 +54,6 @@ POSE = ("yaw", "pitch", "roll")
 
 class FaceError(Exception):
     """A face backend cannot be set up (missing or wrong model file); the message says what to do."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checked_model_file(path: Path, user_given: bool, vendored_sha256: str, what: str, kind: str,

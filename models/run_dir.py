@@ -22,7 +22,6 @@ stay inside the run.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.cache import atomic_open
+from extract.checksum import sha256_file
 from extract.outputs import (LEGACY_RUN_FILES, RUN_RECORD, WRITTEN_BY, OutputError, enclosing_tool_folder, is_run_dir,
                              swap_into_place)
 from extract.registry import library_versions, toolkit_version
@@ -142,13 +142,6 @@ def read_probs(path, classes=None) -> tuple[list[str], np.ndarray]:
     return ids, p
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 # -- writing ------------------------------------------------------------------------------------------
 
@@ -246,7 +239,7 @@ class RunWriter:
         for p in sorted(self.root.rglob("*")):
             if p.is_file() and p.name != ".pid":
                 rel = p.relative_to(self.root).as_posix()
-                files[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         record = {"format": FORMAT, WRITTEN_BY: self.command, "toolkit_version": toolkit_version(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
         self._text(RUN_RECORD, json.dumps(record, indent=1) + "\n")
