@@ -50,7 +50,7 @@ def backend_for(model: str, backend: str = "auto") -> str:
     """The runtime of ``model`` under ``backend`` (see the module docstring)."""
     if backend != "auto":
         return backend
-    if model in SHIPPED or model in size_names():
+    if model in SHIPPED or ("/" not in model and model in size_names()):  # hub ids need no import here
         return "faster-whisper"
     folder = Path(model).expanduser()
     if (folder.exists() or looks_like_path(model)) and (folder / "model.bin").is_file() \
@@ -71,7 +71,7 @@ class AsrConfig:
     batch_size: int = 8  # chunks per generate call (transformers)
     dtype: str = "float32"  # transformers
     backend: str = "auto"  # auto | faster-whisper | transformers (see the module docstring)
-    compute_type: str = "auto"  # faster-whisper: auto = float16 on cuda, the measured CPU type on cpu
+    compute_type: str = "auto"  # faster-whisper: auto = float16 on cuda, float32 on cpu (measured, see whisper.py)
     cpu_threads: int = 0  # faster-whisper: 0 = up to 4; does not change the text
 
     def validate(self):
