@@ -186,9 +186,9 @@ def track_clip(backend: "FaceBackend", clip, iou_threshold: float = 0.3) -> Face
     """:func:`track_faces` over ``clip.frames``, computed once per clip and detector setting: face-au,
     face-cnn and hf-image (crop=face) in one run share the same track instead of each detecting."""
     key = ("face-track", backend.name, str(backend.model), backend.min_confidence, backend.max_faces, iou_threshold)
-    if key not in clip.shared:
-        clip.shared[key] = track_faces(backend, clip.frames, iou_threshold)
-    return clip.shared[key]
+    if key not in clip.face_tracks:
+        clip.face_tracks[key] = track_faces(backend, clip.frames, iou_threshold)
+    return clip.face_tracks[key]
 
 
 def encode_image_series(clip, fps: float, embed, backend: "FaceBackend | None" = None, margin: float = 0.2,

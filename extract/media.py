@@ -99,9 +99,12 @@ class Clip:
     # why a stream is absent, e.g. "no audio stream": an extractor that needs it fails with this
     missing: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
-    # results derived from the decoded media that several extractors share (the face track), keyed
-    # by everything that changes them: computed once per clip, like the decode itself
-    shared: dict = field(default_factory=dict)
+    # per-clip results that several extractors of one run share, computed once per clip like the
+    # decode itself (declared here, never ad-hoc keys):
+    # the face track (extract.faces.FaceTrack) per detector setting (backend, model, thresholds)
+    face_tracks: dict = field(default_factory=dict)
+    # the VLM answer record per vlm feature key, for vlm-text in the same run
+    vlm_answers: dict = field(default_factory=dict)
     # the unlinked temporary file that holds ``audio`` when the clip is longer than
     # AUDIO_MEMORY_SECONDS (set by decode()); read_audio() reads it without mapping the whole signal
     audio_file: object = field(default=None, repr=False, compare=False)

@@ -68,6 +68,9 @@ class Extractor:
     # VLM asked without a transcript), raising ExtractionError when it cannot answer
     handles_missing: typing.ClassVar[bool] = False
     version: typing.ClassVar[str] = "1"
+    #: the cache folder of the run this extractor works for (set by the runner before the first
+    #: clip): extractors that read earlier results of the same cache (vlm-text) look there
+    cache_root: str | None = None
     Config: typing.ClassVar[type] = NoConfig
     libraries: typing.ClassVar[tuple[str, ...]] = ("numpy",)
     description: typing.ClassVar[str] = ""

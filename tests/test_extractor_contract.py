@@ -146,10 +146,7 @@ CASES = {
 REMOTE = {"vlm-gemini-frames": "would call Gemini's API (tests/test_vlm.py runs it against a local server)"}
 # direct calls of extract() on a clip without its input that do not raise ExtractionError today
 # (the runner never makes such calls: it records clip.missing's reason first, see test_runner_...)
-NO_DIRECT_CHECK = {
-    "frame-stats": "frame_stats.py reads clip.frames without checking it (AttributeError on None); "
-                   "the file is outside this change",
-}
+NO_DIRECT_CHECK: dict[str, str] = {}  # name -> why its direct check cannot pass yet (none left)
 PARAMS = [pytest.param(name, cid, make, missing, id=cid) for name, cases in CASES.items()
           for cid, make, missing in cases]
 

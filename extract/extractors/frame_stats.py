@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache import Feature
-from ..registry import Extractor, register
+from ..registry import ExtractionError, Extractor, register
 
 CHANNELS = ("mean_r", "mean_g", "mean_b", "gray_std", "motion", "edge_density")
 
@@ -37,6 +37,8 @@ class FrameStatsExtractor(Extractor):
         return list(CHANNELS)
 
     def extract(self, clip):
+        if clip.frames is None or len(clip.frames) == 0:
+            raise ExtractionError(clip.missing.get("frames", "no frames"))
         frames = clip.frames.astype(np.float32)
         gray = frames.mean(axis=3)
         motion = np.zeros(len(frames), np.float32)

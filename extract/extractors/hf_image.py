@@ -77,6 +77,16 @@ class HFImageExtractor(HFExtractor):
 
             self.face_backend = faces.open_backend("mediapipe")
 
+    def close(self):
+        """The MediaPipe landmarker of crop=face, closed explicitly (left to the garbage collector it
+        can deadlock in MediaPipe's __del__ at interpreter exit)."""
+        backend = getattr(self, "face_backend", None)
+        if backend is not None:
+            backend.close()
+            self.face_backend = None
+        super().close()
+        self.loaded = False
+
     def extract(self, clip):
         from .. import faces
 

@@ -31,7 +31,6 @@ from ..vlm.answer import AnswerError, parse_answer
 from ..vlm.inputs import face_frames, media_file, media_type, sample_frames
 from ..vlm.prompt import DEFAULT_CLASSES, load_prompt, parse_classes, split_classes
 
-ANSWERS_INFO = "vlm_answers"  # clip.info[ANSWERS_INFO][vlm key] = record, for vlm-text in the same run
 # how the clip travels and how calls are made; each answer records what was sent in its meta.input
 OPERATIONAL = ("timeout", "retries", "backoff", "concurrency", "base_url", "inline_mb", "upload")
 load_providers()
@@ -206,7 +205,7 @@ class VlmExtractor(Extractor):
         try:
             return self._extract(clip)
         except ExtractionError as exc:  # let vlm-text of this clip say why it has nothing to embed
-            clip.info.setdefault(ANSWERS_INFO, {})[self.key] = {"error": str(exc)}
+            clip.vlm_answers[self.key] = {"error": str(exc)}
             raise
 
     def _extract(self, clip):
@@ -227,5 +226,5 @@ class VlmExtractor(Extractor):
             "notes": answer["notes"], "meta": reply.meta,
         }
         # later extractors of this clip (vlm-text) read the fresh answer from here
-        clip.info.setdefault(ANSWERS_INFO, {})[self.key] = record
+        clip.vlm_answers[self.key] = record
         return Feature(record=record)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from ..cache import CacheError, Feature, FeatureCache, FeatureSet
 from ..registry import ExtractionError, register
 from .hf_text import HFTextConfig, HFTextExtractor
-from .vlm import ANSWERS_INFO
 
 FIELDS = ("reasoning", "raw")
 
@@ -55,10 +54,10 @@ class VlmTextExtractor(HFTextExtractor):
         return payload
 
     def cache_dir(self) -> str:
-        return self.config.cache or getattr(self, "cache_root", None) or "cache"
+        return self.config.cache or self.cache_root or "cache"
 
     def _fresh(self, clip) -> tuple[str, dict] | None:
-        answers = clip.info.get(ANSWERS_INFO) or {}
+        answers = clip.vlm_answers
         want = self.config.vlm
         hits = [(k, r) for k, r in answers.items() if k == want or (want == "vlm" and k.startswith("vlm-"))]
         return hits[0] if len(hits) == 1 else None
