@@ -5,6 +5,9 @@ PIP ?= $(PYTHON) -m pip
 
 install:
 	$(PIP) install -e '.[test]'
+	# the speaker extractor's voice encoder: its wheel pins ancient packages it does not import, so
+	# it is installed without them (what it imports at run time is in setup.cfg)
+	$(PIP) install --no-deps 'resemblyzer==0.1.4'
 
 demo: install
 	$(PYTHON) cli.py demo --out demo-out
@@ -17,3 +20,9 @@ bench:
 	$(PYTHON) bench/bench_ensemble.py
 	$(PYTHON) bench/bench_fit.py
 	$(PYTHON) bench/bench_faces.py
+	$(PYTHON) bench/bench_pseudo.py
+	$(PYTHON) bench/bench_inputs.py
+	$(PYTHON) bench/bench_scale.py
+	$(PYTHON) bench/bench_recognise.py
+	$(PYTHON) bench/bench_speech.py
+	$(PYTHON) bench/bench_emodb.py

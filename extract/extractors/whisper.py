@@ -34,7 +34,6 @@ bit for bit for 1, 2 and 4 threads) and is not part of the key.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.resources
 import math
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import Feature
+from ..checksum import sha256_file
 from ..registry import ExtractionError, Extractor, library_versions, register
 from .hf_common import ModelLoadError, folder_checksum, looks_like_path
 
@@ -152,14 +152,6 @@ def resolve_whisper_model(spec: str, revision: str | None = None) -> WhisperRef:
                          "(org/name)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _VERIFIED: dict[tuple, str | None] = {}
 
 
@@ -171,7 +163,7 @@ def verify_shipped(ref: WhisperRef) -> None:
         p = ref.path / name
         stamp = (str(p), p.stat().st_size, p.stat().st_mtime_ns)
         if stamp not in _VERIFIED:
-            _VERIFIED[stamp] = _sha256(p)
+            _VERIFIED[stamp] = sha256_file(p)
         if _VERIFIED[stamp] != want:
             raise ModelLoadError(f"model {ref.spec!r}: {p} has sha256 {_VERIFIED[stamp]}, not the {want} of "
                                  f"{ref.shipped.package} {library_versions([ref.shipped.package])[ref.shipped.package]}"
