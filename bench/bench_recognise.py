@@ -6,7 +6,7 @@
     a batch per call, on fresh 2-s clips.
 
 The bundle is the offline default system: `ensemble.demo.run_demo` (synthetic clips, the default
-features librosa, egemaps, hf-text MiniLM, face-au, face-cnn; two runs, ensemble with the paper's
+features librosa, egemaps, whisper, hf-text MiniLM, face-au, face-cnn; two runs, ensemble with the paper's
 rules) unless --bundle gives one. Targets (issue 14): cold <= 10 s, warm >= 2 clips/s per core.
 
     python bench/bench_recognise.py [--bundle DIR] [--clips 10] [--repeat 3]

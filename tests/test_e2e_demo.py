@@ -42,7 +42,7 @@ def test_cache_holds_every_default_feature_for_every_clip(demo):
     out, _ = demo
     cache = FeatureCache(out / "cache")
     extractors = {cache.feature_set(k).meta["extractor"] for k in cache.keys()}
-    assert extractors == {"librosa", "egemaps", "hf-text", "face-au", "face-cnn"}
+    assert extractors == {"librosa", "egemaps", "whisper", "hf-text", "face-au", "face-cnn"}
     for key in cache.keys():
         fs = cache.feature_set(key)
         assert len(fs.done_ids()) == 54 and fs.failures() == {}, key
