@@ -213,12 +213,21 @@ def atomic_open(path, newline: str | None = None, binary: bool = False):
     the rename replaces a symlink at ``path`` itself, not the file it points to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp_beside(path)
-    try:
+    with _replacing(path) as fd:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextmanager
+def _replacing(path: Path):
+    """The one route to a new file: an exclusively created tmp file beside ``path`` (its fd is
+    yielded; the block writes, fsyncs and closes it), renamed to ``path`` when the block completes;
+    on an error the tmp file is removed and the old file stays."""
+    fd, tmp = _mkstemp_beside(path)
+    try:
+        yield fd
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):  # a read-only folder: the cause is the error above, not this
@@ -673,20 +682,13 @@ def write_shard(path: Path, kind: str, items, fails, attrs: dict | None = None, 
 
 def _write_new_file(path: Path, image) -> None:
     """``image`` (bytes) at ``path`` by tmp file (created exclusively) + reserve + write + fsync + rename."""
-    fd, tmp = _mkstemp_beside(path)  # ".part-....h5.<random>.tmp": ShardWriter's stale glob matches it
-    try:
+    with _replacing(path) as fd:  # ".part-....h5.<random>.tmp": ShardWriter's stale glob matches it
         try:
             _reserve(fd, len(image))
             _write_all(fd, image)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):  # a read-only folder: the cause is the error above, not this
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _reserve(fd: int, size: int) -> None:

@@ -16,15 +16,14 @@ done. ``verify`` opens every shard of every set and checks ids, row counts, dims
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .cache import (CacheError, FeatureCache, FeatureSet, _fsync_dir, _mkstemp_beside, _open_shard, _shard_ids,
-                    compact, new_shard_path)
+from .cache import (CacheError, FeatureCache, FeatureSet, _fsync_dir, _open_shard, _shard_ids, atomic_open, compact,
+                    new_shard_path)
 
 IDENTITY = ("extractor", "extractor_version", "config", "decode", "kind")
 
@@ -65,16 +64,8 @@ def _raw_rows(fs: FeatureSet, ids) -> dict:
 
 def _copy_shard(src: Path, dst_set: FeatureSet, tag: str) -> Path:
     dest = new_shard_path(dst_set, tag)
-    fd, tmp = _mkstemp_beside(dest)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(dest, binary=True) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
     return dest
 
 

@@ -71,6 +71,22 @@ def _pool(x: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def spectral_rows(mag: np.ndarray, sr: int, n_fft: int, zcr: np.ndarray) -> np.ndarray:
+    """The spectral-shape rows of the frames of a magnitude spectrogram: RMS, centroid, bandwidth,
+    rolloff, flatness, the given zero-crossing rate and contrast (whole-clip and chunked paths alike)."""
+    import librosa
+
+    return np.vstack([
+        librosa.feature.rms(S=mag, frame_length=n_fft),
+        librosa.feature.spectral_centroid(S=mag, sr=sr),
+        librosa.feature.spectral_bandwidth(S=mag, sr=sr),
+        librosa.feature.spectral_rolloff(S=mag, sr=sr),
+        librosa.feature.spectral_flatness(S=mag),
+        zcr,
+        librosa.feature.spectral_contrast(S=mag, sr=sr),
+    ])
+
+
 @register
 class LibrosaExtractor(Extractor):
     name = "librosa"
@@ -124,15 +140,8 @@ class LibrosaExtractor(Extractor):
         else:
             d1 = d2 = np.zeros_like(mfcc)
         mag = np.sqrt(S)
-        spec = np.vstack([
-            librosa.feature.rms(S=mag, frame_length=n_fft),
-            librosa.feature.spectral_centroid(S=mag, sr=sr),
-            librosa.feature.spectral_bandwidth(S=mag, sr=sr),
-            librosa.feature.spectral_rolloff(S=mag, sr=sr),
-            librosa.feature.spectral_flatness(S=mag),
-            librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=hop)[:, : mag.shape[1]],
-            librosa.feature.spectral_contrast(S=mag, sr=sr),
-        ])
+        spec = spectral_rows(mag, sr, n_fft, librosa.feature.zero_crossing_rate(
+            y, frame_length=n_fft, hop_length=hop)[:, : mag.shape[1]])
         f0, voiced = self._pitch(y, sr, n_fft, hop)
         semis = np.where(voiced, 12 * np.log2(np.maximum(f0, 1e-6) / 27.5), np.nan)[None, :]
         n = min(mfcc.shape[1], spec.shape[1], semis.shape[1])
@@ -203,15 +212,8 @@ class LibrosaExtractor(Extractor):
             d2 = librosa.feature.delta(mfcc, order=2, width=9)
             mag = np.sqrt(S)
             y_edge = segment(g0, g1, n_fft, pad="edge")
-            spec = np.vstack([
-                librosa.feature.rms(S=mag, frame_length=n_fft),
-                librosa.feature.spectral_centroid(S=mag, sr=sr),
-                librosa.feature.spectral_bandwidth(S=mag, sr=sr),
-                librosa.feature.spectral_rolloff(S=mag, sr=sr),
-                librosa.feature.spectral_flatness(S=mag),
-                librosa.feature.zero_crossing_rate(y_edge, frame_length=n_fft, hop_length=hop, center=False),
-                librosa.feature.spectral_contrast(S=mag, sr=sr),
-            ])
+            spec = spectral_rows(mag, sr, n_fft, librosa.feature.zero_crossing_rate(
+                y_edge, frame_length=n_fft, hop_length=hop, center=False))
             keep = slice(f0 - g0, f1 - g0)
             stats.add(np.vstack([mfcc[:, keep], d1[:, keep], d2[:, keep], spec[:, keep]]))
             f0_track[f0:f1], voiced_track[f0:f1], rms_track[f0:f1] = self._pitch_chunk(
