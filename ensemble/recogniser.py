@@ -217,10 +217,10 @@ class Recogniser:
         known, usable = cached_ids(fc, [k for k in keys if k not in missing_sets]) if len(missing_sets) < len(keys) \
             else (set(), set())
         failures = {}
+        recorded = {k: fc.feature_set(k).failures() for k in keys if k not in missing_sets}  # read once
         for cid in ids:
             if cid not in usable:
-                reasons = [f"{k}: {fc.feature_set(k).failures().get(cid, 'not extracted')}"
-                           for k in keys if k in fc.keys()]
+                reasons = [f"{k}: {fails.get(cid, 'not extracted')}" for k, fails in recorded.items()]
                 failures[cid] = "; ".join(reasons) or "no feature could be extracted"
         good = [i for i in ids if i in usable]
         M, C = len(self.member_names), len(self.classes)
