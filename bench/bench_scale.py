@@ -5,11 +5,16 @@
 (b) the client-side writer's capacity: clips/s that ShardWriter absorbs for a 25 x 1024 layered
     feature (HuBERT-large-sized), flushing every 32 clips, so that at MER scale (132k clips) the single
     writer is never the bottleneck;
-(c) merge time of 16 shard caches of 8,000 clips each (synthetic 256-d vectors) into one.
+(c) merge time of 16 shard caches of 8,000 clips each (synthetic 256-d vectors) into one;
+(d) the machine's own ceiling for (a): seconds per clip of the same decode + extract loop (loaded
+    models, one thread) in one process alone and in two processes at once; 2 x alone / together is
+    the most two processes can give here (shared caches, memory bandwidth, a virtual CPU's sibling).
+
+`--jobs N` runs N processes of `--threads` (default 1) threads each, so `--jobs 1` is one core's work.
 
 Data: ../shared/data/emo-av (287 clips) when present, else synthetic clips.
 
-    python bench/bench_scale.py [--clips N] [--repeat 1] [--skip-a]
+    python bench/bench_scale.py [--clips N] [--repeat 1] [--skip-a] [--skip-d]
 """
 from __future__ import annotations
 
@@ -99,17 +104,69 @@ def bench_c(work: Path, shards: int = 16, per: int = 8000, dim: int = 256) -> No
           f"({sum(r['shards'] for r in rep.sets.values())} shards copied, then compacted)")
 
 
+def ceiling_worker(folder: Path, n: int) -> None:
+    """(d), in a subprocess: seconds per clip of decode + every default extractor, after 3 warm-up clips."""
+    from threadpoolctl import threadpool_limits
+
+    from extract import media, registry
+    from extract.defaults import DEFAULT_FEATURES
+    from extract.runner import _set_threads, run_order
+
+    registry.load_all()
+    exs = [registry.build(spec) for spec in registry.split_specs(DEFAULT_FEATURES)]
+    for ex in exs:
+        ex.run_threads = 1
+    files = sorted(folder.iterdir())[:n + 3]
+    needs = tuple(sorted({need for ex in exs for need in ex.needs if need != "text"}))
+    with threadpool_limits(limits=1, user_api="blas"):
+        _set_threads(1)
+        for i, f in enumerate(files):
+            if i == 3:
+                t0 = time.perf_counter()
+            clip = media.decode(f, f.stem, needs, threads=1)
+            clip.text = "a transcript"
+            for ex in run_order(exs):
+                ex.ensure_loaded().extract(clip)
+    print(f"{(time.perf_counter() - t0) / (len(files) - 3):.4f}")
+    for ex in exs:
+        ex.close()
+
+
+def bench_d(folder: Path, n: int = 40) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--ceiling-worker", str(folder), "--clips", str(n)]
+
+    def run(k: int) -> list[float]:
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(k)]
+        return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    alone = run(1)[0]
+    together = run(2)
+    per = statistics.mean(together)
+    print(f"(d) ceiling: {alone:.3f} s per clip alone, {per:.3f} s with two processes at once "
+          f"-> two processes give at most {2 * alone / per:.2f}x one on this machine")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=None, help="use only the first N clips for (a)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--skip-a", action="store_true")
+    ap.add_argument("--skip-d", action="store_true")
+    ap.add_argument("--ceiling-worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ceiling_worker:
+        return ceiling_worker(args.ceiling_worker, args.clips)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    folder = clips_folder(work, args.clips) if not (args.skip_a and args.skip_d) else None
     if not args.skip_a:
-        bench_a(clips_folder(work, args.clips), args.repeat, work)
+        bench_a(folder, args.repeat, work)
     bench_b(work)
     bench_c(work)
+    if not args.skip_d:
+        bench_d(folder)
 
 
 if __name__ == "__main__":

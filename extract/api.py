@@ -54,8 +54,10 @@ class ExtractConfig:
     fps: float = media.DecodeConfig.fps
     max_frames: int = media.DecodeConfig.max_frames
     max_side: int = media.DecodeConfig.max_side
-    jobs: int = 1
-    threads: int = 1
+    #: local processes: an int >= 1, or "auto" (one per usable core, fewer for short runs or little
+    #: memory: extract.executors.resolve_jobs)
+    jobs: int | str = "auto"
+    threads: int = 1  # torch, BLAS and CTranslate2 threads per process
     device: str = "auto"
     strict: bool = False  # the CLI exits 1 when any clip failed (see Summary.exit_code)
     retry_failed: bool = False
@@ -80,7 +82,9 @@ class ExtractConfig:
 
     def validate(self) -> None:
         """Raise :class:`UsageError` naming the first option out of range."""
-        for name, low in (("jobs", 1), ("threads", 1), ("max_frames", 1), ("max_side", 1), ("flush_every", 1)):
+        if self.jobs != "auto" and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise UsageError(f"--jobs must be auto or an integer >= 1, not {self.jobs!r}")
+        for name, low in (("threads", 1), ("max_frames", 1), ("max_side", 1), ("flush_every", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, not {value!r}")

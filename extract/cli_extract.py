@@ -11,6 +11,7 @@ import click
 from .api import DEFAULT_CACHE, DEVICES, ExtractConfig
 from .cache import CacheError, FeatureCache, FeatureSet
 from .defaults import DEFAULT_FEATURES
+from .executors import AUTO_MIN_CLIPS
 from .registry import SpecError, describe, load_all
 from .runner import UsageError
 
@@ -22,6 +23,24 @@ extractors and options. Default: the offline set '{DEFAULT_FEATURES}'."""
 
 
 _D = ExtractConfig()  # the defaults of every option below
+
+
+class JobsType(click.ParamType):
+    """--jobs: "auto" or an integer (its range is checked with every other option, ExtractConfig.validate)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            return value
+
+
+JOBS = JobsType()
 
 
 @click.command("extract")
@@ -36,9 +55,12 @@ _D = ExtractConfig()  # the defaults of every option below
               help="Frame cap per clip (>= 1); longer clips get this many frames spread evenly.")
 @click.option("--max-side", type=int, default=_D.max_side, show_default=True,
               help="Downscale frames so their longer side is at most this (pixels, >= 1).")
-@click.option("--jobs", type=int, default=_D.jobs, show_default=True, help="Parallel worker processes (joblib, >= 1).")
+@click.option("--jobs", type=JOBS, default=_D.jobs, show_default=True,
+              help="Processes computing clips (>= 1), or auto: one per usable core (one for runs of fewer than "
+                   f"{AUTO_MIN_CLIPS} clips, where a worker's start-up costs more than it saves).")
 @click.option("--threads", type=int, default=_D.threads, show_default=True,
-              help="torch and BLAS threads per worker (>= 1). Values are identical across --jobs for a given --threads.")
+              help="torch, BLAS and CTranslate2 threads per process (>= 1): --jobs N uses N x threads cores. "
+                   "Values are identical across --jobs and --threads.")
 @click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="Device for neural extractors (auto: cuda when present).")
 @click.option("--strict", is_flag=True, default=_D.strict, help="Exit with status 1 when any clip failed.")

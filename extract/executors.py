@@ -30,6 +30,38 @@ class SchedulerError(ValueError):
     """A --scheduler value that cannot be used (message says why)."""
 
 
+#: ``--jobs auto`` uses one process when fewer clips than this are to be computed: a worker pays
+#: 10-20 s of CPU before its first clip (imports, model loading, librosa's numba compilation;
+#: bench/bench_scale.py), more than it saves on a short run
+AUTO_MIN_CLIPS = 32
+#: ``--jobs auto`` gives each process at least this many clips and this much available memory (the
+#: default set's extraction peaks at about 1.6 GiB per process, bench/bench_inputs.py)
+AUTO_CLIPS_PER_PROCESS = 16
+AUTO_GIB_PER_PROCESS = 2.0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a SLURM allocation), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_jobs(jobs, pending: int, device: str = "cpu") -> int:
+    """The number of local processes for ``--jobs`` (an int >= 1, or "auto"): auto is one per usable
+    core, bounded by the available memory and by the clips to compute (see :data:`AUTO_MIN_CLIPS`);
+    on a GPU one process (one model set per device: use ``--scheduler local:N`` for one per GPU)."""
+    if jobs != "auto":
+        return int(jobs)
+    if device == "cuda" or pending < AUTO_MIN_CLIPS:
+        return 1
+    import psutil
+
+    by_memory = int(psutil.virtual_memory().available / 2 ** 30 // AUTO_GIB_PER_PROCESS)
+    return max(1, min(usable_cores(), by_memory, pending // AUTO_CLIPS_PER_PROCESS))
+
+
 def gpu_assignment(n_workers: int, n_gpus: int) -> list[str]:
     """The CUDA_VISIBLE_DEVICES of each local worker: worker i gets GPU i mod n_gpus."""
     if n_gpus < 1:
@@ -153,6 +185,16 @@ def _read_retried(dask_scheduler=None):
     return sorted(plugin.retried) if plugin is not None else None
 
 
+#: Dask's Nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand memory back
+#: to the OS so eagerly that every whisper encode (large float32 buffers) faults its pages in again:
+#: 551 vs 368 ms per 2-s clip, face-cnn 52 vs 16 ms (one process, one thread). Workers of a local
+#: cluster start without it (README: set the same for your own cluster's workers)
+SPAWN_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+#: the workers of a local cluster do not run Dask's statistical profiler (it samples the computing
+#: thread's stack every 10 ms, CPU taken from the clips; the dashboard that shows it is off here)
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}  # a dotted key: Nanny merges config shallowly
+
+
 @dataclass
 class LocalClusterSpec:
     workers: int
@@ -161,17 +203,20 @@ class LocalClusterSpec:
 
 def start_local_cluster(spec: LocalClusterSpec):
     """A local Dask cluster on 127.0.0.1: one single-threaded worker process (a Nanny) per worker."""
+    import dask
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {}
     for i in range(spec.workers):
-        opts = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": None, "silence_logs": 40}
+        opts = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": None, "silence_logs": 40,
+                "config": WORKER_CONFIG}
         if spec.gpus is not None:
             opts["env"] = {"CUDA_VISIBLE_DEVICES": spec.gpus[i]}
             opts["resources"] = {"GPU": 1}
         workers[f"moe-{i}"] = {"cls": Nanny, "options": opts}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
-    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40)
+    with dask.config.set(SPAWN_CONFIG):  # read by each Nanny as it starts (in this process)
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40)
 
 
 class DaskExecutor:
@@ -243,5 +288,8 @@ class DaskExecutor:
                 self.cluster.close()
 
 
-def make_executor(scheduler: str | None, jobs: int, device: str):
-    return LocalExecutor(jobs) if parse_scheduler(scheduler) is None else DaskExecutor(scheduler, device)
+def make_executor(scheduler: str | None, jobs, device: str, pending: int):
+    """The executor of a run: local processes (``jobs``, resolved for ``pending`` clips) or Dask."""
+    if parse_scheduler(scheduler) is None:
+        return LocalExecutor(resolve_jobs(jobs, pending, device))
+    return DaskExecutor(scheduler, device)

@@ -297,8 +297,11 @@ def _resized(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
 
 
-def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig = DecodeConfig()) -> Clip:
-    """Decode ``path`` in a single demux pass: audio and/or frames, as ``needs`` asks.
+def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig = DecodeConfig(),
+           threads: int = 0) -> Clip:
+    """Decode ``path`` in a single demux pass: audio and/or frames, as ``needs`` asks. ``threads``:
+    the video decoder's threads (0: FFmpeg's choice, one per core; the runner gives each process
+    its --threads, so N processes do not start N x cores decoder threads); the frames do not depend on it.
 
     Raises :class:`DecodeError` when the file cannot be read at all. A missing stream, or one that
     cannot be decoded while the other one can, is not an error here: it is recorded in
@@ -346,6 +349,7 @@ def decode(path: str | os.PathLike, clip_id_: str, needs, config: DecodeConfig =
             try:
                 targets = frame_targets(clip.duration, config.fps, config.max_frames)
                 vstream.thread_type = "AUTO"
+                vstream.codec_context.thread_count = max(0, int(threads))
             except Exception as exc:  # noqa: BLE001
                 errors["frames"] = _why(exc)
         sampler = _FrameSampler(targets, config, vstream) if vstream is not None and want_frames else None

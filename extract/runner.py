@@ -1,8 +1,9 @@
 """The extract loop: plan what is missing, decode each clip once, run every extractor on it, write.
 
-Workers (joblib, ``--jobs``) only decode and compute; the main process is the single writer of the
-cache (see extract/cache.py for why that survives SIGKILL). Results come back in clip order, so
-``--jobs 1`` and ``--jobs 2`` write the same values.
+Workers (joblib, ``--jobs``; Dask, ``--scheduler``) only decode and compute; the main process is the
+single writer of the cache (see extract/cache.py for why that survives SIGKILL). Every library of a
+process takes ``--threads`` threads and a value does not depend on where or in which order its clip
+ran, so ``--jobs 1`` and ``--jobs 2`` write the same values.
 
 A cache that cannot be written (disk full, read-only, no permission, quota) stops the run: the
 workers are stopped, every other buffer is flushed if it can be, and :class:`CacheWriteError` says
@@ -188,7 +189,7 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     decode_failure = None
     try:
         if media_needs:
-            clip = media.decode(task.path, task.id, media_needs, config)
+            clip = media.decode(task.path, task.id, media_needs, config, threads)
             out["decoded"] = True
         else:
             clip = media.Clip(id=task.id, path=task.path)
@@ -345,7 +346,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
-        ex.run_threads = threads if (jobs > 1 or scheduler) else None  # processes share the cores
+        ex.run_threads = threads  # every library of a process takes --threads: N processes use N x threads cores
         try:
             ex.preflight(load=scheduler is None)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks
@@ -392,7 +393,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         results = None
         failed_write: CacheWriteError | None = None  # the first write the cache refused
-        executor = make_executor(scheduler, jobs, device)
+        executor = make_executor(scheduler, jobs, device, len(tasks))
         try:
             if isinstance(executor, LocalExecutor):
                 main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None

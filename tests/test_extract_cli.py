@@ -117,9 +117,9 @@ def test_unchanged_rerun_decodes_nothing_and_new_feature_only_computes_itself(go
     calls = []
     real = media.decode
 
-    def counting(path, cid, needs, config):
+    def counting(path, cid, needs, config, threads=0):
         calls.append(tuple(needs))
-        return real(path, cid, needs, config)
+        return real(path, cid, needs, config, threads)
 
     monkeypatch.setattr(media, "decode", counting)
     more = run(["extract", str(good_dir), "--cache", str(cache), "--features", "librosa,frame-stats", "--no-progress"])

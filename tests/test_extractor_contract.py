@@ -280,7 +280,7 @@ def test_runner_records_a_missing_input_as_a_failure_of_that_set(built, name, ci
 
     ex = built(cid, make)
     clip = clip_without(missing, astronaut)
-    monkeypatch.setattr(media, "decode", lambda path, cid_, needs, config: clip)
+    monkeypatch.setattr(media, "decode", lambda path, cid_, needs, config, threads=0: clip)
     monkeypatch.setattr(runner, "_LOADED", {})  # this worker-side registry must not keep our instances
     task = Task(clip.id, clip.path, tuple(sorted(set(ex.needs) - {"text"})) or ("audio",), [ex],
                 text=clip.text, text_source=clip.text_source)

@@ -1,0 +1,57 @@
+"""--jobs auto: one process per usable core, bounded by memory and by the clips to compute."""
+from collections import namedtuple
+
+import pytest
+
+from extract import executors
+from extract.api import ExtractConfig
+from extract.runner import UsageError
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    def set_(cores: int, gib: float):
+        monkeypatch.setattr(executors, "usable_cores", lambda: cores)
+        import psutil
+
+        mem = namedtuple("mem", "available")
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: mem(int(gib * 2 ** 30)))
+    return set_
+
+
+def test_auto_is_one_per_core_for_a_long_run(machine):
+    machine(cores=8, gib=64)
+    assert executors.resolve_jobs("auto", 10_000) == 8
+    assert executors.resolve_jobs(3, 10_000) == 3  # a number is taken as given
+
+
+def test_auto_is_one_process_for_a_short_run_or_a_gpu(machine):
+    machine(cores=8, gib=64)
+    assert executors.resolve_jobs("auto", executors.AUTO_MIN_CLIPS - 1) == 1
+    assert executors.resolve_jobs("auto", 10_000, device="cuda") == 1
+    # enough clips for two processes, not for eight
+    assert executors.resolve_jobs("auto", 2 * executors.AUTO_CLIPS_PER_PROCESS + 1) == 2
+
+
+def test_auto_is_bounded_by_available_memory(machine):
+    machine(cores=16, gib=3 * executors.AUTO_GIB_PER_PROCESS + 0.5)
+    assert executors.resolve_jobs("auto", 10_000) == 3
+    machine(cores=16, gib=0.5)
+    assert executors.resolve_jobs("auto", 10_000) == 1
+
+
+def test_usable_cores_follows_the_affinity_mask():
+    import os
+
+    assert executors.usable_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", 1.5, True])
+def test_bad_jobs_values_are_usage_errors(value):
+    with pytest.raises(UsageError, match="--jobs must be auto or an integer >= 1"):
+        ExtractConfig(jobs=value).validate()
+
+
+def test_default_is_auto():
+    assert ExtractConfig().jobs == "auto"
+    ExtractConfig().validate()
