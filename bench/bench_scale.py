@@ -61,10 +61,13 @@ def bench_a(folder: Path, repeat: int, work: Path) -> None:
             rates[name].append(s.clips / dt)
             print(f"    run {r + 1} {name:<22} {s.clips} clips in {dt:6.1f} s ({s.clips / dt:.2f} clips/s)")
     base = statistics.median(rates["--jobs 1"])
-    print(f"(a) {n} clips, default features ({DEFAULT_FEATURES}), median of {repeat}:")
+    print(f"(a) {n} clips, default features ({DEFAULT_FEATURES}), median of {repeat}; the speed-up is also given "
+          "as the median of each repeat's own ratio (its variants ran back to back: robust to the machine's drift)")
     for name, rs in rates.items():
         m = statistics.median(rs)
-        print(f"    {name:<22} {m:.2f} clips/s  = {m / base:.2f}x --jobs 1")
+        paired = statistics.median(r / b for r, b in zip(rs, rates["--jobs 1"]))
+        print(f"    {name:<22} {m:.2f} clips/s  = {m / base:.2f}x --jobs 1 (paired: {paired:.2f}x; "
+              f"runs {', '.join(f'{r:.2f}' for r in rs)})")
 
 
 def bench_b(work: Path, clips: int = 2000) -> None:
