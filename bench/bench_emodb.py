@@ -3,6 +3,7 @@ cluster (speaker clusters without speaker labels) and group (true speakers), aga
 standardised logistic regression on the same features (prints figures; no assertion).
 
     python bench/bench_emodb.py [--cache DIR] [--features librosa,egemaps,speaker,whisper] [--epochs 40]
+                                [--heads mlp,logreg] [--modes pool,cluster,group] [--class-weight balanced]
 
 UAR = balanced accuracy (the field's figure for EmoDB); weighted F1 too. The folds are the 8 speakers
 (`fit --groups speaker --folds 8` = leave-one-speaker-out). The logistic regression is tuned by an
@@ -70,7 +71,9 @@ def main() -> None:
     ap.add_argument("--features", default="librosa,egemaps,speaker,whisper")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--heads", default="mlp,linear", help="expert heads of the MoE to compare")
+    ap.add_argument("--heads", default="mlp,logreg", help="expert heads of the MoE to compare")
+    ap.add_argument("--class-weight", default="balanced",
+                    help="fit's --class-weight (balanced: as the logistic-regression baseline weighs its classes)")
     ap.add_argument("--modes", default="pool,cluster,group", help="normalisations to compare")
     args = ap.parse_args()
     if not EMODB.is_dir():
@@ -104,6 +107,7 @@ def main() -> None:
         if mode == "group":
             groups_by_id = spk
         opts = dict(groups="speaker", folds=8, seeds=args.seeds, epochs=args.epochs, normalize=mode, threads=1,
+                    class_weight=args.class_weight,
                     progress=False, **({"cluster_feature": cluster_feature} if mode == "cluster" else {}))
         t1 = time.time()
         for head in args.heads.split(","):

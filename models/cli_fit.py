@@ -28,8 +28,9 @@ D = FitConfig()
 @click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True,
               help="comma-separated seeds; results averaged over seeds")
 @click.option("--head", default=D.head, show_default=True, type=click.Choice(sorted(HEADS)),
-              help="expert head: transformer + MLP classifier (mlp), LightGBM on vector features (lgbm), or a "
-                   "multinomial logistic regression on the pooled tokens (linear: small data)")
+              help="expert head: transformer + MLP classifier (mlp); LightGBM (lgbm) or a standardised logistic "
+                   "regression with C tuned by inner cross-validation (logreg: small data) on vector features, "
+                   "mlp on the others; or a linear map of the pooled tokens trained with the router (linear)")
 @click.option("--model", default=D.model, show_default=True, type=click.Choice(sorted(MODELS)),
               help="moe: experts + fused + router; attention: the MERTools attention baseline")
 @click.option("--epochs", default=D.epochs, show_default=True, type=click.IntRange(1, None),

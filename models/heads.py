@@ -85,7 +85,8 @@ class TokenExpert(nn.Module):
 
 
 class ProbExpert(nn.Module):
-    """An expert whose class probabilities come from outside the network (LightGBM, ``--head lgbm``).
+    """An expert whose class probabilities come from outside the network (``--head lgbm`` or
+    ``logreg``: models.prob_experts).
 
     Input: log-probabilities (B, 1, C). Its logits are those log-probabilities (fixed); its hidden
     for the router and the fused expert is a learned projection of them.
@@ -141,4 +142,4 @@ class LinearExpert(nn.Module):
         return self.proj(z), self.logit(z)
 
 
-HEADS = {"mlp": TokenExpert, "lgbm": ProbExpert, "linear": LinearExpert}
+HEADS = {"mlp": TokenExpert, "lgbm": ProbExpert, "logreg": ProbExpert, "linear": LinearExpert}

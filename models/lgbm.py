@@ -66,7 +66,7 @@ class LGBMExpert:
         self.seed, self.n_jobs = seed, n_jobs
         self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, learning_rate, num_leaves
 
-    def fit(self, x, y, sample_weight=None) -> "LGBMExpert":
+    def fit(self, x, y, sample_weight=None, groups=None) -> "LGBMExpert":  # groups: not used by a booster
         est = lgbm_classifier(self.seed, self.n_jobs, self.n_estimators, self.learning_rate, self.num_leaves)
         est.fit(np.asarray(x, np.float32), np.asarray(y), sample_weight=sample_weight)
         self.booster_, self.classes_ = est.booster_, np.asarray(est.classes_, np.int64)

@@ -94,7 +94,8 @@ class MoEModel(nn.Module):
     def loss(self, out: Output, y, w):
         main = F.cross_entropy(out.logits[self.main], y, reduction="none")
         terms, count = 0.0, 0.0
-        trained = [s.member for s in self.specs if s.head != "lgbm"] + ["fused"]
+        # an expert over outside probabilities (ProbExpert) has fixed logits: no loss of its own
+        trained = [s.member for s, e in zip(self.specs, self.experts) if e.kind != "probs"] + ["fused"]
         for m in trained:
             p = out.present[m].to(main.dtype)
             terms = terms + F.cross_entropy(out.logits[m], y, reduction="none") * p

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from models.baseline import AttentionBaseline
 from models.data import FeatureData, InputError
 from models.folds import split as split_folds
-from models.lgbm import LGBMExpert, crossfit_proba, log_proba
+from models.lgbm import log_proba
+from models.prob_experts import PROB_HEADS
 from models.metrics import weighted_f1
 from models.normalize import FOLD_INDEPENDENT, NORMALIZERS, FeatureNormalizer, extend_groups
 from models.router import ExpertSpec, MoEModel
@@ -30,7 +31,7 @@ from models.router import ExpertSpec, MoEModel
 MODELS = {"moe": MoEModel, "attention": AttentionBaseline}
 CLASS_WEIGHTS = ("none", "balanced")
 EVAL_CHUNK = 1024
-MODEL_FORMAT = "moe-emotion-model/1"
+MODEL_FORMAT = "moe-emotion-model/2"  # 2: probability experts (lgbm, logreg) under "prob_heads"
 
 
 @dataclass
@@ -133,9 +134,10 @@ def class_weights(y, n_classes: int, mode: str) -> np.ndarray:
 def expert_specs(features: list[FeatureData], head: str, n_classes: int) -> list[ExpertSpec]:
     specs = []
     for fd in features:
-        h = "lgbm" if (head == "lgbm" and fd.kind == "vector") else "linear" if head == "linear" else "mlp"
-        dim = n_classes if h == "lgbm" else fd.dim
-        ntok = 1 if h == "lgbm" else fd.n_tokens
+        # lgbm / logreg read vector features; a layered or series feature keeps the transformer head
+        h = head if (head in PROB_HEADS and fd.kind == "vector") else "linear" if head == "linear" else "mlp"
+        dim = n_classes if h in PROB_HEADS else fd.dim
+        ntok = 1 if h in PROB_HEADS else fd.n_tokens
         specs.append(ExpertSpec(fd.key, fd.kind, dim, ntok, h))
     return specs
 
@@ -149,35 +151,37 @@ def normalize_features(features, normalizers: dict, row_groups=None) -> list[np.
     return [normalizers[fd.key].transform(fd, row_groups) for fd in features]
 
 
-def lgbm_inputs(specs, features, xs_np, train_rows, y_train, w_train, groups_train, n_classes, seed, n_jobs):
-    """Fit the LGBM experts of one fold. Returns (boosters by key, per-feature replaced inputs)."""
-    boosters, crossfit = {}, {}
+def prob_inputs(specs, features, xs_np, train_rows, y_train, w_train, groups_train, n_classes, seed, n_jobs):
+    """Fit the probability experts (lgbm, logreg) of one fold. Returns (fitted experts by key,
+    per-feature replaced inputs: their log-probabilities)."""
+    fitted, crossfit = {}, {}
     for i, (spec, fd) in enumerate(zip(specs, features)):
-        if spec.head != "lgbm":
+        if spec.head not in PROB_HEADS:
             continue
+        kind = PROB_HEADS[spec.head]
         x = xs_np[i][:, 0, :]
         keep = fd.present[train_rows]
         tr = train_rows[keep]
         ytr, wtr = y_train[keep], w_train[keep]
         gtr = None if groups_train is None else groups_train[keep]
-        boosters[fd.key] = LGBMExpert(n_classes, seed=seed, n_jobs=n_jobs).fit(x[tr], ytr, wtr)
-        crossfit[i] = (tr, log_proba(crossfit_proba(x[tr], ytr, wtr, gtr, n_classes, seed, n_jobs=n_jobs)))
-    replaced = lgbm_apply(specs, features, xs_np, boosters)   # every present row: the fold's booster
-    for i, (tr, logp) in crossfit.items():                    # its own training rows: cross-fitted
+        fitted[fd.key] = kind.make(n_classes, seed, n_jobs).fit(x[tr], ytr, wtr, gtr)
+        crossfit[i] = (tr, log_proba(kind.crossfit(x[tr], ytr, wtr, gtr, n_classes, seed, n_jobs)))
+    replaced = prob_apply(specs, features, xs_np, fitted, n_classes)  # every present row: the fold's expert
+    for i, (tr, logp) in crossfit.items():                             # its own training rows: cross-fitted
         replaced[i][tr, 0] = logp
-    return boosters, replaced
+    return fitted, replaced
 
 
-def lgbm_apply(specs, features, xs_np, boosters: dict) -> dict:
+def prob_apply(specs, features, xs_np, fitted: dict, n_classes: int) -> dict:
     replaced = {}
     for i, (spec, fd) in enumerate(zip(specs, features)):
-        if spec.head != "lgbm":
+        if spec.head not in PROB_HEADS:
             continue
         x = xs_np[i][:, 0, :]
-        logp = np.zeros((len(x), 1, boosters[fd.key].n_classes), np.float32)
+        logp = np.zeros((len(x), 1, n_classes), np.float32)
         present = np.flatnonzero(fd.present)
         if len(present):
-            logp[present, 0] = log_proba(boosters[fd.key].predict_proba(x[present]))
+            logp[present, 0] = log_proba(fitted[fd.key].predict_proba(x[present]))
         replaced[i] = logp
     return replaced
 
@@ -327,7 +331,7 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
     global_norm = global_xs = None
     if cfg.normalize in FOLD_INDEPENDENT:  # same statistics, hence same inputs, in every fold: normalise once
         global_norm = fit_normalizers(problem, cfg.normalize, None)
-        # read-only from here on: lgbm_inputs copies the rows it fits on, to_tensors shares the arrays
+        # read-only from here on: prob_inputs copies the rows it fits on, to_tensors shares the arrays
         # (torch.from_numpy) and the loop only ever reads them through index_select (Tensors.take)
         global_xs = normalize_features(problem.features, global_norm, problem.row_groups)
     n_jobs = max(1, torch.get_num_threads())
@@ -357,7 +361,7 @@ def cross_validate(problem: Problem, cfg: TrainConfig, on_fold=None, progress: b
                     xs_np = normalize_features(problem.features, norms, problem.row_groups)
                 torch.manual_seed(run_seed)
                 np.random.seed(run_seed % (2 ** 32))
-                boosters, replaced = lgbm_inputs(specs, problem.features, xs_np, train_rows, y_train, w_train,
+                boosters, replaced = prob_inputs(specs, problem.features, xs_np, train_rows, y_train, w_train,
                                                  g_train, c, run_seed, n_jobs)
                 tensors = to_tensors(problem.features, xs_np, replaced, cfg.device)
                 del xs_np
@@ -427,7 +431,7 @@ def saved_model(model, cfg: TrainConfig, specs, classes, norms: dict, boosters: 
             "specs": [s.to_dict() for s in specs], "classes": list(classes),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "normalizers": {k: _norm_to_torch(v) for k, v in norms.items()},
-            "lgbm": {k: b.to_string() for k, b in boosters.items()},
+            "prob_heads": {k: b.to_string() for k, b in boosters.items()},  # lgbm / logreg experts, as text
             "fold": int(fold), "seed": int(seed), "best_epoch": int(best_epoch), "val_weighted_f1": float(best_f1)}
 
 
@@ -499,8 +503,9 @@ def predict_saved(saved: dict, features: list[FeatureData], row_groups=None, dev
     c = len(saved["classes"])
     if xs_np is None:
         xs_np = saved_inputs(saved, features, row_groups)
-    boosters = {k: LGBMExpert.from_string(v, c) for k, v in saved["lgbm"].items()}
-    replaced = lgbm_apply(specs, features, xs_np, boosters)
+    head_of = {sp.key: sp.head for sp in specs}
+    boosters = {k: PROB_HEADS[head_of[k]].load(v, c) for k, v in saved["prob_heads"].items()}
+    replaced = prob_apply(specs, features, xs_np, boosters, c)
     tensors = to_tensors(features, xs_np, replaced, device)
     model = model if model is not None else model_from_saved(saved, device)
     res = predict_rows(model, tensors, np.arange(len(features[0].present)), device, with_weights)

@@ -123,6 +123,28 @@ def test_lgbm_head_and_group_normalisation(syn, tmp_path):
     assert m[f"expert-{syn.keys['vec']}"][0] > 0.6, m     # the LightGBM expert learned the vector feature
     assert m["routed"][0] > 0.7, m
     saved = __import__("torch").load(tmp_path / "lgbm" / "models" / "fold0_seed0.pt", weights_only=True)
-    assert set(saved["lgbm"]) == {syn.keys["vec"], syn.keys["noise"]}
+    assert set(saved["prob_heads"]) == {syn.keys["vec"], syn.keys["noise"]}
     assert set(saved["normalizers"][syn.keys["lay"]]["groups"]) == set(syn.speaker.values())
     assert "warning:" not in res.output
+
+
+def test_logreg_head_is_the_tuned_linear_model_and_predicts_new_rows_the_same(syn, tmp_path):
+    run = tmp_path / "logreg"
+    run_fit(syn, run, "--head", "logreg", "--groups", "speaker")
+    m = metrics(run)
+    assert m[f"expert-{syn.keys['vec']}"][0] > 0.6, m       # the logistic regression learned the vector feature
+    assert m["routed"][0] > 0.7, m
+    saved = __import__("torch").load(run / "models" / "fold0_seed0.pt", weights_only=True)
+    heads = {s["key"]: s["head"] for s in saved["specs"]}
+    assert heads == {syn.keys["vec"]: "logreg", syn.keys["noise"]: "logreg", syn.keys["lay"]: "mlp",
+                     syn.keys["ser"]: "mlp"}                 # layered and series features keep the transformer
+    stored = json.loads(saved["prob_heads"][syn.keys["vec"]])
+    assert stored["kind"] == "logreg" and stored["C"] in (0.01, 0.1, 1.0)
+    out = tmp_path / "pred.csv"
+    res = CliRunner().invoke(predict, [str(run), "--cache", str(syn.cache), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got_ids, got = read_probs(out)
+    ref_ids, ref = read_probs(run / "test" / "routed.csv")
+    got = dict(zip(got_ids, got))
+    assert set(ref_ids) <= set(got) and len(ref_ids) == 30
+    np.testing.assert_allclose(np.stack([got[i] for i in ref_ids]), ref, atol=1e-6)

@@ -122,10 +122,10 @@ def test_lgbm_inputs_cross_fit_the_training_rows_and_apply_the_booster_elsewhere
     assert [s.head for s in specs] == ["lgbm", "mlp"]
     xs = train.normalize_features(feats, {fd.key: fit_pool(fd) for fd in feats})
     train_rows = np.arange(30)
-    boosters, replaced = train.lgbm_inputs(specs, feats, xs, train_rows, y_all[train_rows], np.ones(30), None,
+    boosters, replaced = train.prob_inputs(specs, feats, xs, train_rows, y_all[train_rows], np.ones(30), None,
                                            len(classes), 7, 1)
     assert set(replaced) == {0} and set(boosters) == {syn.keys["vec"]}
-    applied = train.lgbm_apply(specs, feats, xs, boosters)[0]
+    applied = train.prob_apply(specs, feats, xs, boosters, len(classes))[0]
     fd = feats[0]
     tr = train_rows[fd.present[train_rows]]
     rest = np.setdiff1d(np.arange(len(ids)), tr)
