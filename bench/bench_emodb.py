@@ -93,7 +93,7 @@ def main() -> None:
     print(f"cache {cache}: {', '.join(s.keys)} ({s.clips} clips, {time.time() - t0:.0f} s)")
     lab_csv, truth, spk_of = labels_csv(work)
     fc = FeatureCache(cache)
-    keys = {n: fc.resolve(n) for n in names}
+    keys = {k.rsplit('-', 1)[0]: k for k in s.keys}  # this run's keys (a cache may hold older configs too)
     ids = sorted(truth)
     y = np.array([truth[i] for i in ids])
     spk = np.array([spk_of[i] for i in ids])
