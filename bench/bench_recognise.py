@@ -72,6 +72,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rec.predict_many(clips)
     batch = len(clips) / (time.perf_counter() - t0)
+    rec.close()
     import torch
 
     cores = os.cpu_count() or 1

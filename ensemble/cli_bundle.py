@@ -73,8 +73,8 @@ def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, 
             from extract.outputs import check_output
 
             check_output(out, "recognise", [f"{out}.meta.json"], force)
-        rec = Recogniser.load(bundle, annotator, device)
-        results = rec.predict_many(paths, cache, abstain_below, progress=True, jobs=jobs)
+        with Recogniser.load(bundle, annotator, device) as rec:
+            results = rec.predict_many(paths, cache, abstain_below, progress=True, jobs=jobs)
         if out:
             write_results(out, results, rec.classes, bundle, as_json, force)
     if as_json and not out:

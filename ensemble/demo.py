@@ -58,7 +58,8 @@ def run_demo(out_dir="demo-out", labeled_per_class: int = 12, unlabeled_per_clas
     step(8, "export the system as a bundle and recognise two fresh synthetic clips it never saw")
     bundle = export_bundle([s1.run_dir, s2.run_dir], out / "model", ensemble_meta=ens.paths["meta"])
     fresh = make_fresh_clips(out / "fresh", ("happy", "sad"))
-    recognised = Recogniser.load(bundle).predict_many(sorted(fresh.glob("*.mp4")))
+    with Recogniser.load(bundle) as rec:
+        recognised = rec.predict_many(sorted(fresh.glob("*.mp4")))
     return DemoResult(data, cache, s1, pl, s2, ens, rep, bundle, recognised, time.time() - t0)
 
 

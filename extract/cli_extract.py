@@ -59,8 +59,8 @@ JOBS = JobsType()
               help="Processes computing clips (>= 1), or auto: one per usable core (one for runs of fewer than "
                    f"{AUTO_MIN_CLIPS} clips, where a worker's start-up costs more than it saves).")
 @click.option("--threads", type=int, default=_D.threads, show_default=True,
-              help="torch, BLAS and CTranslate2 threads per process (>= 1): --jobs N uses N x threads cores. "
-                   "Values are identical across --jobs and --threads.")
+              help="torch, BLAS, CTranslate2 and decoder threads per process (>= 1): --jobs N uses N x threads "
+                   "cores. Values are identical across --jobs for a given --threads.")
 @click.option("--device", type=click.Choice(DEVICES), default=_D.device, show_default=True,
               help="Device for neural extractors (auto: cuda when present).")
 @click.option("--strict", is_flag=True, default=_D.strict, help="Exit with status 1 when any clip failed.")

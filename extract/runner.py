@@ -285,13 +285,18 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                 retry_failed: bool = False, flush_every: int = 32, flush_seconds: float = 10.0,
                 progress: bool = True, compact_min_shards: int = 16,
                 extensions=media.MEDIA_EXTENSIONS, verbose: bool = False, scheduler: str | None = None,
-                device: str = "cpu", shard: tuple[int, int] | None = None) -> Summary:
+                device: str = "cpu", shard: tuple[int, int] | None = None, keep_loaded: bool = False,
+                pool_threads: int | None = None) -> Summary:
     """Extract ``extractors`` for every media file under ``video_dir`` (those whose extension is in
     ``extensions``) into ``cache_dir``.
 
     What libraries print while the run lasts (MediaPipe/TFLite/absl lines, Python warnings, other
     libraries' log records) goes to ``CACHE/extract.log``, with every skipped file and per-clip note;
-    ``verbose`` leaves library output on the terminal instead."""
+    ``verbose`` leaves library output on the terminal instead. ``keep_loaded``: the extractors stay
+    loaded after the run (a caller that extracts again and again, the Recogniser, closes them with
+    :func:`close_loaded`); by default the run closes what it loaded. ``pool_threads``: the threads of
+    the extractors' own pools whose count does not change the values (whisper's CTranslate2), when a
+    latency-bound caller wants more than ``threads`` (the Recogniser: the usable cores)."""
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise UsageError(f"video folder {video_dir} does not exist or is not a folder")
@@ -309,7 +314,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                       f"(pid {os.getpid()})", terminal=False)
         return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
                     jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog,
-                    scheduler, device)
+                    scheduler, device, keep_loaded, pool_threads)
 
 
 def shard_slice(ids: list[str], i: int, n: int) -> list[str]:
@@ -338,7 +343,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_config, transcripts, transcripts_source,
          jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards,
-         runlog: "RunLog", scheduler: str | None = None, device: str = "cpu") -> Summary:
+         runlog: "RunLog", scheduler: str | None = None, device: str = "cpu", keep_loaded: bool = False,
+         pool_threads: int | None = None) -> Summary:
     from tqdm.auto import tqdm
 
     from .executors import LocalExecutor, make_executor
@@ -346,7 +352,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
-        ex.run_threads = threads  # every library of a process takes --threads: N processes use N x threads cores
+        ex.run_threads = pool_threads or threads  # every library of a process takes --threads: N processes use N x threads cores
         try:
             ex.preflight(load=scheduler is None)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks
@@ -436,13 +442,15 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         if failed_write is None and not summary.interrupted:
             failed_write = finish_sets(writers, compact_min_shards)
     if failed_write is not None:
-        close_loaded()
+        if not keep_loaded:
+            close_loaded()
         raise stopped_by(failed_write, writers, summary) from None
     if summary.rotated:
         turns = Counter(summary.rotated.values())
         _note(summary, f"{len(summary.rotated)} clips carry a display rotation; their frames were turned upright ("
               + ", ".join(f"{deg} degrees counter-clockwise: {n}" for deg, n in sorted(turns.items())) + ")")
-    close_loaded()
+    if not keep_loaded:
+        close_loaded()
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -630,14 +638,17 @@ def _worker_stderr(log_path: str | None) -> None:
     _WORKER_LOG = log_path
 
 
-def close_loaded() -> None:
-    """Close the extractors this process loaded (MediaPipe landmarkers, SDK clients)."""
-    for ex in list(_LOADED.values()):
+def close_loaded(only=None) -> None:
+    """Close the extractors this process loaded (MediaPipe landmarkers, SDK clients); ``only``: just
+    these extractor objects (and whatever this process loaded under their keys)."""
+    keys = list(_LOADED) if only is None else [ex.key for ex in only]
+    for ex in [*(_LOADED.pop(k) for k in keys if k in _LOADED), *(only or ())]:
+        if not ex.loaded:
+            continue
         try:
             ex.close()
         finally:
             ex.loaded = False
-    _LOADED.clear()
 
 
 def flush_all(writers: dict[str, ShardWriter]) -> CacheWriteError | None:

@@ -132,6 +132,31 @@ def test_python_recogniser_on_one_file_with_a_cache_and_abstention(media_world):
     assert [x.clip for x in rec.predict_cached(ids, w["cache"])] == ids
 
 
+def test_a_loaded_recogniser_loads_its_extractors_once_and_close_releases_them(media_world, monkeypatch):
+    from extract.registry import Extractor
+
+    loads = []
+    real = Extractor.ensure_loaded
+
+    def counting(self):
+        if not self.loaded:
+            loads.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(Extractor, "ensure_loaded", counting)
+    w = media_world
+    with Recogniser.load(w["model"]) as rec:
+        first = rec.predict(w["fresh"] / "new happy.mp4")
+        second = rec.predict(w["fresh"] / "new happy.mp4")  # a new temporary cache: extracted again
+        assert second.scores == first.scores
+        assert sorted(loads) == ["frame-stats", "librosa"]  # once each, not once per call
+        assert all(ex.loaded for ex in rec.extractors())
+    assert not any(ex.loaded for ex in rec.extractors())
+    rec.predict(w["fresh"] / "new happy.mp4")  # still usable: loads again
+    assert len(loads) == 4
+    rec.close()
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/crema-d-samples is not here")
 def test_recognise_real_crema_d_clips(media_world, tmp_path):
     clips = sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in (".mp4", ".flv", ".avi", ".wav", ".mkv"))[:6]
