@@ -26,3 +26,4 @@ bench:
 	$(PYTHON) bench/bench_recognise.py
 	$(PYTHON) bench/bench_speech.py
 	$(PYTHON) bench/bench_emodb.py
+	$(PYTHON) bench/bench_whisper_pad.py
