@@ -48,13 +48,24 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def gpu_visible() -> bool:
+    """Whether a CUDA device is visible, without importing torch for a signal-only run (torch's answer
+    when it is already imported, else the NVIDIA driver's device node)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES", "0") not in ("", "-1")
+
+
 def resolve_jobs(jobs, pending: int, device: str = "cpu") -> int:
     """The number of local processes for ``--jobs`` (an int >= 1, or "auto"): auto is one per usable
     core, bounded by the available memory and by the clips to compute (see :data:`AUTO_MIN_CLIPS`);
     on a GPU one process (one model set per device: use ``--scheduler local:N`` for one per GPU)."""
     if jobs != "auto":
         return int(jobs)
-    if device == "cuda" or pending < AUTO_MIN_CLIPS:
+    if device == "cuda" or (device == "auto" and gpu_visible()) or pending < AUTO_MIN_CLIPS:
         return 1
     import psutil
 

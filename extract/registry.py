@@ -71,8 +71,8 @@ class Extractor:
     #: the cache folder of the run this extractor works for (set by the runner before the first
     #: clip): extractors that read earlier results of the same cache (vlm-text) look there
     cache_root: str | None = None
-    #: CPU threads per process the run gives this extractor's own thread pool (set by the runner
-    #: when several processes share the cores, i.e. --jobs > 1 or a scheduler; None: its default)
+    #: CPU threads per process the run gives this extractor's own thread pool (set by the runner to
+    #: --threads, or more for a latency-bound single process, the Recogniser; None: its default)
     run_threads: int | None = None
     Config: typing.ClassVar[type] = NoConfig
     libraries: typing.ClassVar[tuple[str, ...]] = ("numpy",)

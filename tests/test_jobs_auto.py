@@ -25,10 +25,14 @@ def test_auto_is_one_per_core_for_a_long_run(machine):
     assert executors.resolve_jobs(3, 10_000) == 3  # a number is taken as given
 
 
-def test_auto_is_one_process_for_a_short_run_or_a_gpu(machine):
+def test_auto_is_one_process_for_a_short_run_or_a_gpu(machine, monkeypatch):
     machine(cores=8, gib=64)
     assert executors.resolve_jobs("auto", executors.AUTO_MIN_CLIPS - 1) == 1
     assert executors.resolve_jobs("auto", 10_000, device="cuda") == 1
+    monkeypatch.setattr(executors, "gpu_visible", lambda: True)  # --device auto on a machine with a GPU
+    assert executors.resolve_jobs("auto", 10_000, device="auto") == 1
+    monkeypatch.setattr(executors, "gpu_visible", lambda: False)
+    assert executors.resolve_jobs("auto", 10_000, device="auto") == 8
     # enough clips for two processes, not for eight
     assert executors.resolve_jobs("auto", 2 * executors.AUTO_CLIPS_PER_PROCESS + 1) == 2
 
