@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checksum import sha256_file  # noqa: F401  (faces.sha256_file: used by the face extractors)
+from .checksum import sha256_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 FACE_LANDMARKER = ASSETS / "face_landmarker.task"

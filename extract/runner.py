@@ -352,7 +352,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
-        ex.run_threads = pool_threads or threads  # every library of a process takes --threads: N processes use N x threads cores
+        ex.run_threads = pool_threads or threads  # --jobs N uses N x threads cores (see run_extract)
         try:
             ex.preflight(load=scheduler is None)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks

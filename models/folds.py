@@ -30,3 +30,13 @@ def split(n_splits: int, seed: int, y=None, groups=None, n_rows: int | None = No
         raise ValueError("split: give y or n_rows")
     splitter = make_splitter(n_splits, seed, y, groups)
     return list(splitter.split(np.zeros(n), y, groups))
+
+
+def crossfit_splitter(y, groups, inner_folds: int, seed: int):
+    """The inner folds that cross-fit a probability expert on its own training rows (models.lgbm,
+    models.logreg): ``inner_folds`` (at least 2, at most the largest class's count), grouped when there
+    are at least that many groups. Returns (splitter, the groups it splits by or None)."""
+    k = max(2, min(inner_folds, int(np.bincount(np.asarray(y)).max())))
+    if groups is not None and len(set(groups)) < k:
+        groups = None
+    return make_splitter(k, seed, y=y, groups=groups), groups

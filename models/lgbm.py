@@ -20,7 +20,7 @@ import numpy as np
 from lightgbm import LGBMClassifier
 from sklearn.model_selection import cross_val_predict
 
-from models.folds import make_splitter
+from models.folds import crossfit_splitter
 
 LOG_FLOOR = np.log(1e-6)
 CLASSES_TAG = "moe-emotion-lgbm-classes="  # first line of a saved booster that did not see every class
@@ -108,13 +108,11 @@ _FIT_PARAMS = "params" if "params" in inspect.signature(cross_val_predict).param
 def crossfit_proba(x, y, w, groups, n_classes: int, seed: int, inner_folds: int = 3, n_jobs: int = 1) -> np.ndarray:
     """Out-of-fold probabilities of the rows ``x`` (inner K-fold, grouped when there are enough groups)."""
     y = np.asarray(y)
-    k = max(2, min(inner_folds, int(np.bincount(y).max())))
-    if groups is not None and len(set(groups)) < k:
-        groups = None
+    splitter, groups = crossfit_splitter(y, groups, inner_folds, seed)
     fit_params = {} if w is None else {_FIT_PARAMS: {"sample_weight": np.asarray(w)}}
     with warnings.catch_warnings():   # a rare class in a small training fold: expected, not the user's problem
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
         p = cross_val_predict(lgbm_classifier(seed, n_jobs), np.asarray(x, np.float32), y, groups=groups,
-                              cv=make_splitter(k, seed, y=y, groups=groups), method="predict_proba", **fit_params)
+                              cv=splitter, method="predict_proba", **fit_params)
     return on_classes(p, np.unique(y), n_classes)

@@ -20,14 +20,13 @@ import warnings
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.folds import make_splitter
+from models.folds import crossfit_splitter, make_splitter
 
 #: the C grid of the inner search (the benchmark's tuned baseline searches the same grid)
 CS = (0.01, 0.1, 1.0)
@@ -35,10 +34,10 @@ INNER_FOLDS = 3
 MAX_ITER = 2000
 
 
-class LogRegExpert(ClassifierMixin, BaseEstimator):
-    """One fold's logistic-regression expert (a scikit-learn estimator, so ``cross_val_predict``
-    cross-fits it). ``predict_proba`` gives ``n_classes`` columns; a class absent from the training
-    rows gets probability 0."""
+class LogRegExpert:
+    """One fold's logistic-regression expert as models.train uses it (like models.lgbm.LGBMExpert):
+    ``fit``, ``predict_proba`` with ``n_classes`` columns (a class absent from the training rows gets
+    probability 0), ``to_string``/``from_string`` for model files."""
 
     def __init__(self, n_classes: int = 2, seed: int = 0, cs: tuple = CS, inner_folds: int = INNER_FOLDS):
         self.n_classes = n_classes
@@ -120,19 +119,16 @@ class LogRegExpert(ClassifierMixin, BaseEstimator):
         return obj
 
 
-def crossfit_proba(x, y, w, groups, n_classes: int, seed: int, n_jobs: int = 1,
-                   inner_folds: int = INNER_FOLDS) -> np.ndarray:
+def crossfit_proba(x, y, w, groups, n_classes: int, seed: int, inner_folds: int = INNER_FOLDS) -> np.ndarray:
     """Out-of-fold probabilities of the rows ``x``: each inner fold's expert (its own C search) on the
-    rows it did not see; inner folds grouped when there are enough groups (as models.lgbm's)."""
+    rows it did not see; the inner folds are models.lgbm's (models.folds.crossfit_splitter). A loop,
+    not ``cross_val_predict``, which would re-encode the labels of a training fold that lacks a class."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.int64)
-    counts = np.bincount(y)
-    k = max(2, min(inner_folds, int(counts.max())))
-    if groups is not None and len(set(groups)) < k:
-        groups = None
     out = np.zeros((len(y), n_classes))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        folds = list(make_splitter(k, seed, y=y, groups=groups).split(x, y, groups))
+        splitter, groups = crossfit_splitter(y, groups, inner_folds, seed)
+        folds = list(splitter.split(x, y, groups))
     for tr, va in folds:
         expert = LogRegExpert(n_classes, seed).fit(x[tr], y[tr], None if w is None else np.asarray(w)[tr],
                                                    None if groups is None else np.asarray(groups)[tr])

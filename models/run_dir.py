@@ -142,7 +142,6 @@ def read_probs(path, classes=None) -> tuple[list[str], np.ndarray]:
     return ids, p
 
 
-
 # -- writing ------------------------------------------------------------------------------------------
 
 class RunWriter:

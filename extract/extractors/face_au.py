@@ -61,6 +61,7 @@ import numpy as np
 
 from .. import faces
 from ..cache import Feature
+from ..checksum import sha256_file
 from ..registry import ExtractionError, Extractor, register
 from .hf_common import resolve_device
 
@@ -126,7 +127,7 @@ class PyFeatAU:
                                   f"{exc}); set weights=DIR or ${faces.PYFEAT_WEIGHTS_ENV} to a folder with "
                                   f"{MULTITASK_FILES[0]}") from exc
         self.weights_file = str(path) if path else "hub:py-feat/face_multitask_v2"
-        self.sha256 = faces.sha256_file(path) if path else None
+        self.sha256 = sha256_file(path) if path else None
         self.au_names = list(self.model.au_names)
 
     def __call__(self, frames: np.ndarray, boxes: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:

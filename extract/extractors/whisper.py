@@ -351,7 +351,7 @@ class FasterWhisperUser:
         if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
             raise ModelLoadError(self._load_error)
         try:
-            # several processes on the cores (--jobs > 1): a pool of --threads each, not up to 4 each
+            # the run's thread budget (--threads, or the Recogniser's cores), not up to 4 per process
             # (the same values: cpu_threads does not change them and is not part of the key)
             self.whisper = load_whisper_model(self.whisper_ref(), self.device, self.config.compute_type,
                                               self.config.cpu_threads or self.run_threads or 0)
