@@ -11,12 +11,13 @@ extractor to P seconds to measure what the values in between would give.
 from __future__ import annotations
 
 import argparse
-import csv
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from bench_emodb import EMODB, logreg_loso, scores
+from bench_emodb import EMODB, labels_csv, logreg_loso, scores
 
 
 def main() -> None:
@@ -31,10 +32,8 @@ def main() -> None:
     from extract import media, registry
 
     registry.load_all()
-    rows = list(csv.DictReader(open(EMODB / "labels.csv", encoding="utf-8")))
-    ids = sorted(r["name"] for r in rows)
-    label = {r["name"]: r["emotion"] for r in rows}
-    speaker = {r["name"]: r["speaker"] for r in rows}
+    _, label, speaker = labels_csv(Path(tempfile.mkdtemp(prefix="bench-whisper-pad-")))
+    ids = sorted(label)
     y = np.array([label[i] for i in ids])
     spk = np.array([speaker[i] for i in ids])
     clips = [media.decode(EMODB / "wav" / f"{i}.wav", i, ("audio",)) for i in ids]
