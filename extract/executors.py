@@ -115,6 +115,7 @@ class LocalExecutor:
         self.workers = jobs
         self._pool = None
         self._pending: set = set()
+        self._exhausted = False  # map() gave every result (a loop that stopped early leaves it False)
 
     def map(self, fn, tasks, *args):
         tasks = list(tasks)
@@ -149,6 +150,7 @@ class LocalExecutor:
                 yield fn(t, *args)
                 continue
             if not pending:
+                self._exhausted = True
                 return
             wait(pending, return_when=FIRST_COMPLETED)
 
@@ -160,7 +162,9 @@ class LocalExecutor:
         unfinished = [f for f in self._pending if not f.done()]
         for f in unfinished:
             f.cancel()
-        if unfinished:
+        # left early: stop the workers even when none is computing at this moment (clips not yet
+        # submitted, or every submitted one already done), so none waits idle for the next run's work
+        if unfinished or not self._exhausted:
             self._pool.shutdown(wait=False, kill_workers=True)
         self._pending.clear()
 
