@@ -151,6 +151,10 @@ def resolved_device(device: str, scheduler: str | None) -> str:
     never import torch."""
     if device == "cpu" or not scheduler:  # local processes: each extractor resolves (and checks) its device
         return "cpu"
+    from .executors import gpu_visible
+
+    if device == "auto" and not gpu_visible():  # no NVIDIA driver: cpu, without importing torch (1-2 s)
+        return "cpu"
     import torch
 
     if torch.cuda.is_available():

@@ -197,7 +197,7 @@ def _retry_plugin():
 
 def _read_retried(dask_scheduler=None):
     plugin = dask_scheduler.plugins.get("moe-emotion-retries")
-    return sorted(plugin.retried) if plugin is not None else None
+    return sorted(k for k in plugin.retried if k.startswith("moe-clip-")) if plugin is not None else None
 
 
 #: Dask's Nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand memory back
@@ -259,12 +259,26 @@ class DaskExecutor:
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.window = max(2, window_per_worker * self.workers)
         self.retried = 0
+        self._warming: list = []
         self._plugin = False
         try:
             self.client.register_plugin(_retry_plugin())
             self._plugin = True
         except Exception:  # noqa: BLE001 - a scheduler without this package: retries are not counted
             self.retried = None
+
+    def warm(self, fn, *args) -> None:
+        """Each worker of the cluster runs ``fn(*args)`` (extract/runner.warm: load the run's models)
+        as its first task, without waiting for it: the workers import and load while this process
+        checks the extractors and plans, instead of after. A worker that joins later loads with its
+        first clip, as before; a warm-up that fails is left to the clips (each reports its error)."""
+        import uuid
+
+        tag = uuid.uuid4().hex[:8]
+        for addr in self.client.scheduler_info().get("workers", {}):
+            self._warming.append(self.client.submit(fn, *args, key=f"moe-warm-{tag}-{addr}", pure=False,
+                                                    workers=[addr], allow_other_workers=False,
+                                                    resources=self.resources, retries=0))
 
     def map(self, fn, tasks, *args):
         from distributed import as_completed
@@ -296,11 +310,21 @@ class DaskExecutor:
             self.retried = len(got) if got is not None else None
 
     def close(self) -> None:
+        """Closes the client and a local cluster; a second call does nothing."""
+        client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
+        self._warming.clear()
         try:
-            self.client.close()
+            if client is not None:
+                client.close()
         finally:
-            if self.cluster is not None:
-                self.cluster.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def start_cluster(scheduler: str | None, device: str) -> "DaskExecutor | None":
+    """The Dask executor of a run with ``--scheduler`` (started before the run checks and plans, so
+    its workers can warm up meanwhile); None without one."""
+    return None if parse_scheduler(scheduler) is None else DaskExecutor(scheduler, device)
 
 
 def make_executor(scheduler: str | None, jobs, device: str, pending: int):

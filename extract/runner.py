@@ -234,6 +234,19 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     return out
 
 
+def warm(extractors: list[Extractor], threads: int = 1) -> list[str]:
+    """Load a run's extractors in this worker process before its first clip arrives (as the clips
+    do: one instance per key, kept in this process's model table). A model that cannot load is left
+    to the clips, which report it per clip. Returns the keys now loaded."""
+    for ex in extractors:
+        try:
+            _LOADED.setdefault(ex.key, ex).ensure_loaded()
+        except Exception:  # noqa: BLE001 - reported by each clip that needs it
+            log.debug("warm-up: %s did not load", ex.key, exc_info=True)
+    _set_threads(threads)
+    return sorted(k for k, ex in _LOADED.items() if ex.loaded)
+
+
 def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCache, transcripts: dict[str, str],
          retry_failed: bool, text_source: str) -> tuple[list[Task], int]:
     """Tasks for the clips that still miss at least one feature set; count of fully cached clips."""
@@ -297,6 +310,8 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     :func:`close_loaded`); by default the run closes what it loaded. ``pool_threads``: the threads of
     the extractors' own pools whose count does not change the values (whisper's CTranslate2), when a
     latency-bound caller wants more than ``threads`` (the Recogniser: the usable cores)."""
+    from .executors import start_cluster
+
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise UsageError(f"video folder {video_dir} does not exist or is not a folder")
@@ -312,9 +327,16 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     with RunLog(Path(cache_dir) / LOG_NAME, verbose) as runlog:
         runlog.detail(f"extract {video_dir} -> {cache_dir}: {', '.join(ex.key for ex in extractors)} "
                       f"(pid {os.getpid()})", terminal=False)
-        return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
-                    jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog,
-                    scheduler, device, keep_loaded, pool_threads)
+        # a Dask cluster starts first: its workers import and load their models (seconds of CPU each)
+        # while this process checks the extractors and plans, instead of after (executors.DaskExecutor.warm)
+        cluster = start_cluster(scheduler, device)
+        try:
+            return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
+                        jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog,
+                        scheduler, device, keep_loaded, pool_threads, cluster)
+        finally:
+            if cluster is not None:
+                cluster.close()
 
 
 def shard_slice(ids: list[str], i: int, n: int) -> list[str]:
@@ -344,15 +366,21 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_config, transcripts, transcripts_source,
          jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards,
          runlog: "RunLog", scheduler: str | None = None, device: str = "cpu", keep_loaded: bool = False,
-         pool_threads: int | None = None) -> Summary:
+         pool_threads: int | None = None, cluster=None) -> Summary:
     from tqdm.auto import tqdm
 
     from .executors import LocalExecutor, make_executor
 
-    provenance = {}
-    for ex in extractors:  # a model that cannot load is a usage error, found before any work
+    for ex in extractors:
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
         ex.run_threads = pool_threads or threads  # --jobs N uses N x threads cores (see run_extract)
+    keys = [ex.key for ex in extractors]  # computed here and sent with each extractor (a worker never does)
+    if len(set(keys)) != len(keys):
+        raise UsageError("the same feature set is requested twice")
+    if cluster is not None:
+        cluster.warm(warm, extractors, threads)
+    provenance = {}
+    for ex in extractors:  # a model that cannot load is a usage error, found before any work
         try:
             ex.preflight(load=scheduler is None)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks
@@ -363,9 +391,6 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
                 provenance[ex.key] = ex.provenance()
         except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
             raise UsageError(f"{ex.name} cannot start: {exc}") from exc
-    keys = [ex.key for ex in extractors]
-    if len(set(keys)) != len(keys):
-        raise UsageError("the same feature set is requested twice")
     start = time.perf_counter()
     summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys, log=runlog.path)
     files, collisions = found.files, found.collisions
@@ -399,7 +424,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         results = None
         failed_write: CacheWriteError | None = None  # the first write the cache refused
-        executor = make_executor(scheduler, jobs, device, len(tasks))
+        executor = cluster or make_executor(scheduler, jobs, device, len(tasks))
         try:
             if isinstance(executor, LocalExecutor):
                 main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None

@@ -75,6 +75,40 @@ def test_a_local_dask_cluster_writes_the_same_cache_as_a_local_run(clips, local_
     assert_same(values(cache), local_run)
 
 
+def test_workers_load_the_run_s_models_before_their_first_clip_and_a_bad_model_is_left_to_the_clips():
+    from extract import registry, runner
+    from extract.executors import DaskExecutor
+
+    registry.load_all()
+    good = [registry.build(s) for s in registry.split_specs(FEATS)]
+    bad = registry.build("hf-text:model=no/such/model/here")
+    want = sorted(ex.key for ex in good)
+    ex = DaskExecutor("local:2")
+    try:
+        ex.warm(runner.warm, [*good, bad], 1)
+        assert len(ex._warming) == 2  # one warm-up per worker
+        assert ex.client.gather(ex._warming) == [want, want]  # the bad model did not stop the others
+        loaded = ex.client.run(lambda: sorted(k for k, e in runner._LOADED.items() if e.loaded))
+        assert sorted(loaded.values()) == [want, want]
+    finally:
+        ex.close()
+    ex.close()  # a second close (the run's, then run_extract's) does nothing
+
+
+def test_a_dask_client_on_a_machine_without_gpu_does_not_import_torch_to_choose_the_device():
+    import subprocess
+    import sys
+
+    from extract.executors import gpu_visible
+
+    if gpu_visible():
+        pytest.skip("a GPU is visible here: auto resolves through torch")
+    code = ("import sys; from extract.api import resolved_device; "
+            "print(resolved_device('auto', 'local:2'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["cpu", "False"]
+
+
 def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(clips, local_run, tmp_path):
     from distributed import Client, LocalCluster
 
@@ -92,7 +126,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(clips, l
         def killer():
             deadline = time.time() + 120
             while time.time() < deadline:  # as soon as both workers are computing
-                busy = client.processing()
+                busy = {a: [k for k in v if str(k).startswith("moe-clip-")] for a, v in client.processing().items()}
                 if sum(len(v) for v in busy.values()) >= 2:
                     victim = next(a for a, v in busy.items() if v)
                     os.kill(pids[victim], signal.SIGKILL)
