@@ -210,7 +210,8 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
         t1 = time.perf_counter()
         reason = clip.unavailable(ex.needs)
         media_failed = decode_failure is not None and any(n != "text" for n in ex.needs)
-        if reason is not None and (media_failed or not getattr(ex, "handles_missing", False)):
+        missing = {n for n in ex.needs if n in clip.missing}
+        if reason is not None and (media_failed or not ex.runs_without(missing)):
             out["results"][ex.key] = reason
             continue
         try:
@@ -377,12 +378,16 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     keys = [ex.key for ex in extractors]  # computed here and sent with each extractor (a worker never does)
     if len(set(keys)) != len(keys):
         raise UsageError("the same feature set is requested twice")
+    # a text encoder with no transcript and no ASR in the run would load only to fail every clip: its
+    # model loads later, with the first clip that has text (one cached by an earlier ASR run)
+    starved = set() if transcripts or any("text" in ex.provides for ex in extractors) else {"text"}
+    fed = [ex for ex in extractors if not (starved & set(ex.needs)) or ex.runs_without(starved & set(ex.needs))]
     if cluster is not None:
-        cluster.warm(warm, extractors, threads)
+        cluster.warm(warm, fed, threads)
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         try:
-            ex.preflight(load=scheduler is None)  # this process computes clips too (see LocalExecutor)
+            ex.preflight(load=scheduler is None and ex in fed)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks
             # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
             if FeatureSet(Path(cache_dir) / ex.key).exists():

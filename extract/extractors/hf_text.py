@@ -60,6 +60,9 @@ class HFTextExtractor(HFExtractor):
     description = ("transformers text encoder or sentence-transformers folder over the transcript: every layer "
                    "pooled (mean|cls) -> (layers, dim); missing/empty transcript: on_missing=fail|empty")
 
+    def runs_without(self, missing) -> bool:
+        return self.config.on_missing == "empty"  # fail: no transcript, nothing to load the model for
+
     def setup(self):
         model = encoder_of(self.model)
         self.encoder = getattr(model, "text_model", model)  # CLIP-like dual encoders: the text tower
