@@ -60,3 +60,28 @@ def test_every_listed_command_loads_under_its_name():
     for name in names:
         assert cli.main.get_command(ctx, name).name == name
     assert cli.main.get_command(ctx, "no-such-command") is None
+
+
+def test_the_command_line_ends_with_the_command_s_code_output_and_exit_handlers(tmp_path):
+    """`python cli.py` leaves without the interpreter's teardown (cli.run): the exit code, every line
+    of output through a pipe and the exit handlers (log files, landmarkers) must survive that."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(cli.__file__).parent
+
+    def run(*args, code=None):
+        cmd = [sys.executable, "cli.py", *args] if code is None else [sys.executable, "-c", code, *args]
+        return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+
+    ok = run("cache", "--help")
+    whole = CliRunner().invoke(cli.main, ["cache", "--help"], prog_name="cli.py").output
+    assert ok.returncode == 0 and "verify" in ok.stdout and ok.stdout == whole  # nothing lost in the pipe
+    bad = run("recognise", str(tmp_path / "no-bundle"), str(tmp_path / "clip.mp4"))
+    assert bad.returncode == 1 and "is not a model bundle" in bad.stderr and "Traceback" not in bad.stderr
+    assert run("no-such-command").returncode == 2
+    flag = tmp_path / "handler-ran"
+    hook = (f"import atexit, sys; atexit.register(lambda: open({str(flag)!r}, 'w').write('yes')); "
+            "sys.argv = ['cli.py', '--help']; import cli; cli.run()")
+    assert run(code=hook).returncode == 0 and flag.read_text() == "yes"
