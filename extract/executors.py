@@ -221,10 +221,12 @@ def start_local_cluster(spec: LocalClusterSpec):
     import dask
     from distributed import Nanny, Scheduler, SpecCluster
 
+    from .dask_plugins import SkipTeardown
+
     workers = {}
     for i in range(spec.workers):
         opts = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": None, "silence_logs": 40,
-                "config": WORKER_CONFIG}
+                "config": WORKER_CONFIG, "plugins": {SkipTeardown()}}  # our own workers only
         if spec.gpus is not None:
             opts["env"] = {"CUDA_VISIBLE_DEVICES": spec.gpus[i]}
             opts["resources"] = {"GPU": 1}

@@ -90,6 +90,8 @@ def test_workers_load_the_run_s_models_before_their_first_clip_and_a_bad_model_i
         assert ex.client.gather(ex._warming) == [want, want]  # the bad model did not stop the others
         loaded = ex.client.run(lambda: sorted(k for k, e in runner._LOADED.items() if e.loaded))
         assert sorted(loaded.values()) == [want, want]
+        plugins = ex.client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        assert all("moe-emotion-skip-teardown" in v for v in plugins.values())  # our own workers: a fast exit
     finally:
         ex.close()
     ex.close()  # a second close (the run's, then run_extract's) does nothing
@@ -139,6 +141,8 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(clips, l
         s = extract(long_clips, tmp_path / "cache", features=FEATS, scheduler=cluster.scheduler_address,
                     progress=False, flush_every=1)
         t.join(5)
+        plugins = client.run(lambda dask_worker: list(dask_worker.plugins))
+        assert not any("moe-emotion-skip-teardown" in v for v in plugins.values())  # never on a user's cluster
     assert killed, "no worker was killed (nothing was in flight?)"
     assert s.retried >= 1
     got = values(tmp_path / "cache")
