@@ -9,7 +9,7 @@ The bundle is the offline default system: `ensemble.demo.run_demo` (synthetic cl
 features librosa, egemaps, whisper, hf-text MiniLM, face-au, face-cnn; two runs, ensemble with the paper's
 rules) unless --bundle gives one. Targets (issue 14): cold <= 10 s, warm >= 2 clips/s per core.
 
-    python bench/bench_recognise.py [--bundle DIR] [--clips 10] [--repeat 3]
+    python bench/bench_recognise.py [--bundle DIR] [--clips 10] [--repeat 5]
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default=None, help="an exported bundle (default: train the demo system)")
     ap.add_argument("--clips", type=int, default=10, help="fresh clips for the warm figures")
-    ap.add_argument("--repeat", type=int, default=3, help="cold runs (median)")
+    ap.add_argument("--repeat", type=int, default=5, help="cold runs (median)")
     args = ap.parse_args()
     from ensemble.demo import make_fresh_clips, run_demo
     from ensemble.recogniser import Recogniser
