@@ -100,7 +100,6 @@ def demo(ctx, out_dir, labeled_per_class, unlabeled_per_class, epochs, jobs, min
 main.add_command(demo)
 
 
-
 def run() -> None:
     """The command line's entry point: :func:`main`, then out without the interpreter's teardown of
     the libraries a command loaded (2.1-2.2 s after torch, CTranslate2 and MediaPipe here: a fifth of a
