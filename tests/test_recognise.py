@@ -157,6 +157,18 @@ def test_a_loaded_recogniser_loads_its_extractors_once_and_close_releases_them(m
     rec.close()
 
 
+def test_recognising_a_folder_over_two_processes_gives_the_same_results(media_world):
+    """`recognise --jobs 2` (clips split between this process and a worker) must not change a value."""
+    w = media_world
+    with Recogniser.load(w["model"]) as rec:
+        one = rec.predict_many([w["fresh"]])
+        two = rec.predict_many([w["fresh"]], jobs=2)
+    assert [r.clip for r in two] == [r.clip for r in one] == ["broken", "new happy", "silent-film"]
+    for a, b in zip(one, two):
+        assert (a.label, a.scores, a.probabilities, a.absent, a.failure) == (b.label, b.scores, b.probabilities,
+                                                                             b.absent, b.failure)
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/crema-d-samples is not here")
 def test_recognise_real_crema_d_clips(media_world, tmp_path):
     clips = sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in (".mp4", ".flv", ".avi", ".wav", ".mkv"))[:6]
