@@ -327,10 +327,3 @@ def start_cluster(scheduler: str | None, device: str) -> "DaskExecutor | None":
     """The Dask executor of a run with ``--scheduler`` (started before the run checks and plans, so
     its workers can warm up meanwhile); None without one."""
     return None if parse_scheduler(scheduler) is None else DaskExecutor(scheduler, device)
-
-
-def make_executor(scheduler: str | None, jobs, device: str, pending: int):
-    """The executor of a run: local processes (``jobs``, resolved for ``pending`` clips) or Dask."""
-    if parse_scheduler(scheduler) is None:
-        return LocalExecutor(resolve_jobs(jobs, pending, device))
-    return DaskExecutor(scheduler, device)

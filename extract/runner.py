@@ -334,7 +334,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         try:
             return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
                         jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog,
-                        scheduler, device, keep_loaded, pool_threads, cluster)
+                        device, keep_loaded, pool_threads, cluster)
         finally:
             if cluster is not None:
                 cluster.close()
@@ -366,11 +366,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_config, transcripts, transcripts_source,
          jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards,
-         runlog: "RunLog", scheduler: str | None = None, device: str = "cpu", keep_loaded: bool = False,
-         pool_threads: int | None = None, cluster=None) -> Summary:
+         runlog: "RunLog", device: str = "cpu", keep_loaded: bool = False, pool_threads: int | None = None,
+         cluster=None) -> Summary:
+    """One run; ``cluster``: the Dask executor run_extract started for --scheduler, else local processes."""
     from tqdm.auto import tqdm
 
-    from .executors import LocalExecutor, make_executor
+    from .executors import LocalExecutor, resolve_jobs
 
     for ex in extractors:
         ex.cache_root = str(cache_dir)  # extractors that read earlier results (vlm-text) look here
@@ -387,7 +388,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         try:
-            ex.preflight(load=scheduler is None and ex in fed)  # this process computes clips too (see LocalExecutor)
+            ex.preflight(load=cluster is None and ex in fed)  # this process computes clips too (see LocalExecutor)
             # meta.json is written once, when a feature set is created; an existing set only checks
             # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
             if FeatureSet(Path(cache_dir) / ex.key).exists():
@@ -429,7 +430,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         results = None
         failed_write: CacheWriteError | None = None  # the first write the cache refused
-        executor = cluster or make_executor(scheduler, jobs, device, len(tasks))
+        executor = cluster or LocalExecutor(resolve_jobs(jobs, len(tasks), device))
         try:
             if isinstance(executor, LocalExecutor):
                 main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
