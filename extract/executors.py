@@ -261,7 +261,7 @@ class DaskExecutor:
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.window = max(2, window_per_worker * self.workers)
         self.retried = 0
-        self._warming: list = []
+        self._warming: list = []  # the warm-up futures, held: Dask forgets a task whose future is dropped
         self._plugin = False
         try:
             self.client.register_plugin(_retry_plugin())

@@ -116,9 +116,10 @@ class Extractor:
 
     def runs_without(self, missing) -> bool:
         """Whether extract() computes something for a clip that lacks the inputs ``missing`` (some of
-        ``needs``): False lets the runner record the clip as a failure without loading the model, and
-        skip loading it up front when no clip of the run can have them (no transcript, no ASR)."""
-        return self.handles_missing
+        ``needs``; none missing: True): False lets the runner record the clip as a failure without
+        loading the model, and skip loading it up front when no clip of the run can have them (no
+        transcript, no ASR)."""
+        return not missing or self.handles_missing
 
     def close(self) -> None:
         """Release what load() opened (landmarkers, SDK clients). Called at the end of a run."""

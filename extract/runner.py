@@ -235,16 +235,15 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     return out
 
 
-def warm(extractors: list[Extractor], threads: int = 1) -> list[str]:
+def warm(extractors: list[Extractor]) -> list[str]:
     """Load a run's extractors in this worker process before its first clip arrives (as the clips
-    do: one instance per key, kept in this process's model table). A model that cannot load is left
-    to the clips, which report it per clip. Returns the keys now loaded."""
+    do: one instance per key, kept in this process's model table; each clip sets the thread counts).
+    A model that cannot load is left to the clips, which report it per clip. Returns the keys now loaded."""
     for ex in extractors:
         try:
             _LOADED.setdefault(ex.key, ex).ensure_loaded()
         except Exception:  # noqa: BLE001 - reported by each clip that needs it
             log.debug("warm-up: %s did not load", ex.key, exc_info=True)
-    _set_threads(threads)
     return sorted(k for k, ex in _LOADED.items() if ex.loaded)
 
 
@@ -382,9 +381,9 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     # a text encoder with no transcript and no ASR in the run would load only to fail every clip: its
     # model loads later, with the first clip that has text (one cached by an earlier ASR run)
     starved = set() if transcripts or any("text" in ex.provides for ex in extractors) else {"text"}
-    fed = [ex for ex in extractors if not (starved & set(ex.needs)) or ex.runs_without(starved & set(ex.needs))]
+    fed = [ex for ex in extractors if ex.runs_without(starved & set(ex.needs))]
     if cluster is not None:
-        cluster.warm(warm, fed, threads)
+        cluster.warm(warm, fed)
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         try:

@@ -85,7 +85,7 @@ def test_workers_load_the_run_s_models_before_their_first_clip_and_a_bad_model_i
     want = sorted(ex.key for ex in good)
     ex = DaskExecutor("local:2")
     try:
-        ex.warm(runner.warm, [*good, bad], 1)
+        ex.warm(runner.warm, [*good, bad])
         assert len(ex._warming) == 2  # one warm-up per worker
         assert ex.client.gather(ex._warming) == [want, want]  # the bad model did not stop the others
         loaded = ex.client.run(lambda: sorted(k for k, e in runner._LOADED.items() if e.loaded))

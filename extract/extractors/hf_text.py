@@ -61,7 +61,7 @@ class HFTextExtractor(HFExtractor):
                    "pooled (mean|cls) -> (layers, dim); missing/empty transcript: on_missing=fail|empty")
 
     def runs_without(self, missing) -> bool:
-        return self.config.on_missing == "empty"  # fail: no transcript, nothing to load the model for
+        return not missing or self.config.on_missing == "empty"  # fail: no transcript, nothing to load for
 
     def setup(self):
         model = encoder_of(self.model)
