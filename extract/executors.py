@@ -236,6 +236,12 @@ def start_local_cluster(spec: LocalClusterSpec):
         return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40)
 
 
+#: how long a Dask client waits for the first worker to load the run's models (it writes that
+#: worker's provenance; a large model on a slow file system can take minutes) before it computes the
+#: provenance itself
+WARM_UP_TIMEOUT = 900.0
+
+
 class DaskExecutor:
     """Clips on a Dask cluster; results as they finish (not in clip order)."""
 
@@ -261,7 +267,7 @@ class DaskExecutor:
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.window = max(2, window_per_worker * self.workers)
         self.retried = 0
-        self._warming: list = []  # the warm-up futures, held: Dask forgets a task whose future is dropped
+        self._warming: list = []  # (worker, warm-up future), held: Dask forgets a task whose future is dropped
         self._plugin = False
         try:
             self.client.register_plugin(_retry_plugin())
@@ -278,9 +284,26 @@ class DaskExecutor:
 
         tag = uuid.uuid4().hex[:8]
         for addr in self.client.scheduler_info().get("workers", {}):
-            self._warming.append(self.client.submit(fn, *args, key=f"moe-warm-{tag}-{addr}", pure=False,
-                                                    workers=[addr], allow_other_workers=False,
-                                                    resources=self.resources, retries=0))
+            fut = self.client.submit(fn, *args, key=f"moe-warm-{tag}-{addr}", pure=False, workers=[addr],
+                                     allow_other_workers=False, resources=self.resources, retries=0)
+            self._warming.append((addr, fut))
+
+    def first_warm_up(self, timeout: float = WARM_UP_TIMEOUT) -> tuple[str | None, object]:
+        """The worker whose warm-up finished first and what it returned; ``(None, {})`` when none
+        finished within ``timeout`` seconds (no worker yet, e.g. a cluster that scales up with the
+        work; every warming worker died; none declares the GPU the run needs)."""
+        from distributed import as_completed
+
+        where = {fut.key: addr for addr, fut in self._warming}
+        if not where:
+            return None, {}
+        try:
+            for fut in as_completed([f for _, f in self._warming], loop=self.client.loop, timeout=timeout):
+                if fut.status == "finished":
+                    return where[fut.key], fut.result()
+        except TimeoutError:  # distributed's is the built-in one
+            pass
+        return None, {}
 
     def map(self, fn, tasks, *args):
         from distributed import as_completed

@@ -114,6 +114,11 @@ class Extractor:
         if load:
             self.ensure_loaded()
 
+    def check_device(self) -> None:
+        """Raise if the requested device is absent where this runs (``cuda`` without a GPU). Checked
+        where clips are computed: before any clip in the main process of a local run; on a Dask
+        cluster by each worker as it loads (the client, e.g. a login node, needs no GPU)."""
+
     def runs_without(self, missing) -> bool:
         """Whether extract() computes something for a clip that lacks the inputs ``missing`` (some of
         ``needs``; none missing: True): False lets the runner record the clip as a failure without

@@ -235,16 +235,21 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     return out
 
 
-def warm(extractors: list[Extractor]) -> list[str]:
+def warm(extractors: list[Extractor]) -> dict:
     """Load a run's extractors in this worker process before its first clip arrives (as the clips
     do: one instance per key, kept in this process's model table; each clip sets the thread counts).
-    A model that cannot load is left to the clips, which report it per clip. Returns the keys now loaded."""
+    Returns ``{"provenance": {key: ...}, "errors": {key: message}}``: the provenance of each loaded
+    extractor as this worker computes it (its device, its models' checksums; the client writes it to
+    meta.json instead of loading every model itself), and why the others did not load."""
+    out: dict = {"provenance": {}, "errors": {}}
     for ex in extractors:
         try:
-            _LOADED.setdefault(ex.key, ex).ensure_loaded()
-        except Exception:  # noqa: BLE001 - reported by each clip that needs it
+            loaded = _LOADED.setdefault(ex.key, ex).ensure_loaded()
+            out["provenance"][ex.key] = loaded.provenance()
+        except Exception as exc:  # noqa: BLE001 - the client reports it (and each clip that needs it)
             log.debug("warm-up: %s did not load", ex.key, exc_info=True)
-    return sorted(k for k, ex in _LOADED.items() if ex.loaded)
+            out["errors"][ex.key] = str(exc) or type(exc).__name__
+    return out
 
 
 def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCache, transcripts: dict[str, str],
@@ -387,15 +392,31 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     provenance = {}
     for ex in extractors:  # a model that cannot load is a usage error, found before any work
         try:
-            ex.preflight(load=cluster is None and ex in fed)  # this process computes clips too (see LocalExecutor)
+            if cluster is None:  # this process computes clips too (see LocalExecutor): load here
+                ex.check_device()
+            ex.preflight(load=cluster is None and ex in fed)
             # meta.json is written once, when a feature set is created; an existing set only checks
             # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
             if FeatureSet(Path(cache_dir) / ex.key).exists():
                 provenance[ex.key] = {"config_hash": ex.key.rsplit("-", 1)[1]}
-            else:
-                provenance[ex.key] = ex.provenance()
         except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
             raise UsageError(f"{ex.name} cannot start: {exc}") from exc
+    new_sets = [ex for ex in extractors if ex.key not in provenance]
+    if cluster is not None and any(ex in fed for ex in new_sets):
+        # a Dask client loads no model: the first worker that warmed up says what it loaded (its
+        # device, checksums) and what it could not load (the usage error a local run finds here)
+        worker, warmed = cluster.first_warm_up()
+        for ex in new_sets:
+            if ex.key in warmed.get("errors", {}):
+                raise UsageError(f"{ex.name} cannot start on worker {worker}: {warmed['errors'][ex.key]}")
+            if ex.key in warmed.get("provenance", {}):
+                provenance[ex.key] = dict(warmed["provenance"][ex.key], computed_by=f"dask worker {worker}")
+    for ex in new_sets:
+        if ex.key not in provenance:
+            try:
+                provenance[ex.key] = ex.provenance()
+            except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
+                raise UsageError(f"{ex.name} cannot start: {exc}") from exc
     start = time.perf_counter()
     summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys, log=runlog.path)
     files, collisions = found.files, found.collisions

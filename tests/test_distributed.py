@@ -66,6 +66,11 @@ def test_scheduler_and_gpu_assignment_logic():
     assert gpu_assignment(4, 2) == ["0", "1", "0", "1"] and gpu_assignment(3, 4) == ["0", "1", "2"]
     with pytest.raises(SchedulerError, match="no CUDA device"):
         gpu_assignment(2, 0)
+    from extract.api import resolved_device
+
+    # a client of a remote cluster (a login node, maybe without GPU) plans for its workers' GPUs
+    assert resolved_device("cuda", "tcp://10.0.0.5:8786") == "cuda"
+    assert resolved_device("auto", "tcp://10.0.0.5:8786") == "cpu"  # no GPU constraint: each worker's own
 
 
 def test_a_local_dask_cluster_writes_the_same_cache_as_a_local_run(clips, local_run, tmp_path):
@@ -87,7 +92,11 @@ def test_workers_load_the_run_s_models_before_their_first_clip_and_a_bad_model_i
     try:
         ex.warm(runner.warm, [*good, bad])
         assert len(ex._warming) == 2  # one warm-up per worker
-        assert ex.client.gather(ex._warming) == [want, want]  # the bad model did not stop the others
+        worker, first = ex.first_warm_up(timeout=120)
+        assert worker in ex.client.scheduler_info()["workers"] and sorted(first["provenance"]) == want
+        for got in ex.client.gather([f for _, f in ex._warming]):  # the bad model did not stop the others
+            assert sorted(got["provenance"]) == want and list(got["errors"]) == [bad.key]
+            assert all(got["provenance"][k]["key"] == k for k in want)
         loaded = ex.client.run(lambda: sorted(k for k, e in runner._LOADED.items() if e.loaded))
         assert sorted(loaded.values()) == [want, want]
         plugins = ex.client.run(lambda dask_worker: sorted(dask_worker.plugins))
@@ -95,6 +104,38 @@ def test_workers_load_the_run_s_models_before_their_first_clip_and_a_bad_model_i
     finally:
         ex.close()
     ex.close()  # a second close (the run's, then run_extract's) does nothing
+
+
+def test_a_dask_client_loads_no_model_and_records_the_provenance_of_the_worker_that_computes(clips, tmp_path):
+    from extract import registry
+    from extract.runner import run_extract
+
+    registry.load_all()
+    local = tmp_path / "local"
+    extract(clips, local, features="egemaps", progress=False)
+    ex = registry.build("egemaps")
+    run_extract(clips, [ex], tmp_path / "dask", scheduler="local:2", progress=False)
+    assert not ex.loaded  # openSMILE was loaded by the workers only
+    here = FeatureCache(local).feature_set(ex.key).meta
+    there = FeatureCache(tmp_path / "dask").feature_set(ex.key).meta
+    assert there["computed_by"].startswith("dask worker tcp://127.0.0.1:")
+    assert there["channels"] == here["channels"] and len(here["channels"]) == 88
+    assert {k: v for k, v in there.items() if k not in ("created", "computed_by")} == \
+        {k: v for k, v in here.items() if k != "created"}
+    assert_same(values(tmp_path / "dask"), values(local))
+
+
+def test_a_model_that_no_worker_can_load_is_one_usage_error_naming_the_worker(clips, tmp_path):
+    from extract.runner import UsageError
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert", "hidden_size": "not a number"}')
+    texts = tmp_path / "texts.csv"
+    texts.write_text("name,text\n" + "".join(f"clip {i},words {i}\n" for i in range(8)))
+    with pytest.raises(UsageError, match=r"hf-text cannot start on worker tcp://127\.0\.0\.1:\d+: "):
+        extract(clips, tmp_path / "cache", features=f"hf-text:model={broken}", transcripts=texts,
+                scheduler="local:2", progress=False)
 
 
 def test_a_dask_client_on_a_machine_without_gpu_does_not_import_torch_to_choose_the_device():

@@ -134,6 +134,11 @@ class AsrExtractor(FasterWhisperUser, HFExtractor):
             return super().model_provenance()
         return self.whisper_model_provenance()
 
+    def check_device(self) -> None:
+        if self.backend == "transformers":
+            return super().check_device()
+        self.whisper_check_device()
+
     def preflight(self, load: bool) -> None:
         if self.backend == "transformers":
             return super().preflight(load)

@@ -259,8 +259,10 @@ class HFExtractor(Extractor):
             self._ref = resolve_model(self.config.model, self.config.revision)
         return self._ref
 
+    def check_device(self) -> None:
+        resolve_device(self.device)
+
     def preflight(self, load: bool) -> None:
-        resolve_device(self.device)  # cuda asked for and absent: a usage error before any clip
         ref = self.model_ref()  # a missing folder or alias fails here, before any clip
         if ref.hub_id is not None and hub_offline() and cached_snapshot(ref) is None:
             raise ModelLoadError(f"model {ref.hub_id!r} is not in the local hub cache and the hub is offline "

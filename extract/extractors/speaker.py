@@ -145,9 +145,11 @@ class SpeakerExtractor(Extractor):
             out["error"] = f"not installed: {', '.join(missing)} ({INSTALL})"
         return out
 
+    def check_device(self) -> None:
+        resolve_device(self.device)
+
     def preflight(self, load: bool) -> None:
         import_resemblyzer()  # missing: a usage error naming the install line, before any clip
-        resolve_device(self.device)
         path = self.weights_path()
         if path is None or not path.is_file():
             raise ModelLoadError(f"speaker: no VoiceEncoder weights at {path}; reinstall resemblyzer ({INSTALL})")

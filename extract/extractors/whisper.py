@@ -321,8 +321,10 @@ class FasterWhisperUser:
             self._wref = resolve_whisper_model(self.config.model, self.config.revision)
         return self._wref
 
+    def whisper_check_device(self) -> None:
+        resolve_ct2_device(self.device)
+
     def whisper_preflight(self) -> None:
-        resolve_ct2_device(self.device)  # cuda asked for and absent: a usage error before any clip
         ref = self.whisper_ref()
         if ref.hub_id is not None:
             from .hf_common import hub_offline
@@ -430,6 +432,9 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         return self.whisper_model_provenance()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def check_device(self) -> None:
+        self.whisper_check_device()
+
     def preflight(self, load: bool) -> None:
         self.whisper_preflight()
         super().preflight(load)
