@@ -255,3 +255,16 @@ def test_peak_rss_of_a_10_minute_file_is_within_1_5x_of_a_2_second_one(tmp_path)
         runs[name] = rss
     # before: about 93 MB per minute for librosa alone (10 min: 1.2 GB against 0.37 GB)
     assert runs["10 min"] <= 1.5 * runs["2 s"], runs
+
+
+def test_egemaps_loads_without_scanning_every_installed_package():
+    """audobject's class naming scanned every installed distribution (0.4 s in each process)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.metadata as m; calls = []; orig = m.packages_distributions\n"
+            "m.packages_distributions = lambda: (calls.append(1), orig())[1]\n"
+            "from extract import registry; registry.load_all(); ex = registry.build('egemaps').ensure_loaded()\n"
+            "print(len(calls), len(ex.channels()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["0", "88"]

@@ -72,6 +72,21 @@ class EgemapsConfig:
             raise ValueError(f"feature_set must be one of {', '.join(FEATURE_SETS)}")
 
 
+def _name_opensmile_for_audobject() -> None:
+    """Smile() asks audobject for its class's distribution, and audobject answers by scanning every
+    installed package's file list (importlib.metadata.packages_distributions(): 0.4 s, in every
+    process that loads this extractor, each worker included) unless its module-level table already
+    holds the module. opensmile's distribution is opensmile, so it is put there first; the answer
+    only names the class in Smile's serialised form, never a feature value."""
+    try:
+        from audobject.core import utils
+    except ImportError:  # a later opensmile without audobject: nothing to save
+        return
+    table = getattr(utils, "PACKAGES_DISTRIBUTIONS", None)
+    if isinstance(table, dict):
+        table.setdefault("opensmile", ["opensmile"])
+
+
 @register
 class EgemapsExtractor(Extractor):
     name = "egemaps"
@@ -85,6 +100,7 @@ class EgemapsExtractor(Extractor):
     def load(self):
         import opensmile
 
+        _name_opensmile_for_audobject()
         self.smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, self.config.feature_set),
                                      feature_level=opensmile.FeatureLevel.Functionals)
         # the wave input's config, in a private folder removed by close(), when this object goes or
