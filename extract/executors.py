@@ -115,7 +115,24 @@ class LocalExecutor:
         self.workers = jobs
         self._pool = None
         self._pending: set = set()
+        self._warming: list = []
         self._exhausted = False  # map() gave every result (a loop that stopped early leaves it False)
+
+    def _start_pool(self):
+        from joblib.externals.loky import get_reusable_executor
+
+        if self._pool is None:
+            self._pool = get_reusable_executor(max_workers=self.jobs - 1, timeout=120)
+        return self._pool
+
+    def warm(self, fn, *args) -> None:
+        """Start the worker processes now, each loading the run's models (``fn(*args)``, runner.warm)
+        as its first task, without waiting: they import and load while this process checks the
+        extractors and loads its own, instead of after (the second core sat idle meanwhile)."""
+        if self.jobs == 1:
+            return
+        pool = self._start_pool()
+        self._warming = [pool.submit(fn, *args) for _ in range(self.jobs - 1)]
 
     def map(self, fn, tasks, *args):
         tasks = list(tasks)
@@ -125,9 +142,7 @@ class LocalExecutor:
             return
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        from joblib.externals.loky import get_reusable_executor
-
-        self._pool = get_reusable_executor(max_workers=self.jobs - 1, timeout=120)
+        self._start_pool()
         window = 2 * (self.jobs - 1)
         it = iter(tasks)
         pending = self._pending
@@ -159,7 +174,7 @@ class LocalExecutor:
         started are cancelled and the workers stopped."""
         if self._pool is None:
             return
-        unfinished = [f for f in self._pending if not f.done()]
+        unfinished = [f for f in [*self._warming, *self._pending] if not f.done()]
         for f in unfinished:
             f.cancel()
         # left early: stop the workers even when none is computing at this moment (clips not yet
@@ -167,6 +182,7 @@ class LocalExecutor:
         if unfinished or not self._exhausted:
             self._pool.shutdown(wait=False, kill_workers=True)
         self._pending.clear()
+        self._warming.clear()
 
 
 # -- Dask ---------------------------------------------------------------------------------------------

@@ -235,12 +235,16 @@ def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:
     return out
 
 
-def warm(extractors: list[Extractor]) -> dict:
+def warm(extractors: list[Extractor], parent: int | None = None, log_path: str | None = None) -> dict:
     """Load a run's extractors in this worker process before its first clip arrives (as the clips
-    do: one instance per key, kept in this process's model table; each clip sets the thread counts).
+    do: one instance per key, kept in this process's model table; each clip sets the thread counts;
+    ``parent`` and ``log_path`` as for :func:`process`, so what loading prints goes to the run's log).
     Returns ``{"provenance": {key: ...}, "errors": {key: message}}``: the provenance of each loaded
     extractor as this worker computes it (its device, its models' checksums; the client writes it to
     meta.json instead of loading every model itself), and why the others did not load."""
+    watch_parent(parent)
+    if parent is not None and parent != os.getpid():
+        _worker_stderr(log_path)
     out: dict = {"provenance": {}, "errors": {}}
     for ex in extractors:
         try:
@@ -258,7 +262,10 @@ def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCach
     done = {}
     failed = {}
     for ex in extractors:
-        fs = cache.feature_set(ex.key)
+        fs = FeatureSet(cache.root / ex.key)
+        if not fs.exists():  # created after planning: every clip is pending for it
+            done[ex.key], failed[ex.key] = set(), set()
+            continue
         done[ex.key] = fs.done_ids()
         failed[ex.key] = set() if retry_failed else set(fs.failures())
     cached_text = cached_transcripts(cache, files, transcripts)
@@ -344,6 +351,42 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
                 cluster.close()
 
 
+def describe(extractors, warming, cache_dir, cluster) -> dict:
+    """Check every extractor before any clip (a model that cannot load is a usage error) and return
+    the provenance each new feature set's meta.json records. ``warming``: the extractors this run's
+    clips need, which the workers are loading; without a cluster this process computes clips too
+    (see LocalExecutor) and loads them here."""
+    provenance = {}
+    for ex in extractors:  # a model that cannot load is a usage error, found before any work
+        try:
+            if cluster is None:  # clips are computed on this machine: the device must be here
+                ex.check_device()
+            ex.preflight(load=cluster is None and ex in warming)
+            # meta.json is written once, when a feature set is created; an existing set only checks
+            # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
+            if FeatureSet(Path(cache_dir) / ex.key).exists():
+                provenance[ex.key] = {"config_hash": ex.key.rsplit("-", 1)[1]}
+        except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
+            raise UsageError(f"{ex.name} cannot start: {exc}") from exc
+    new_sets = [ex for ex in extractors if ex.key not in provenance]
+    if cluster is not None and any(ex in warming for ex in new_sets):
+        # a Dask client loads no model: the first worker that warmed up says what it loaded (its
+        # device, checksums) and what it could not load (the usage error a local run finds here)
+        worker, warmed = cluster.first_warm_up()
+        for ex in new_sets:
+            if ex.key in warmed.get("errors", {}):
+                raise UsageError(f"{ex.name} cannot start on worker {worker}: {warmed['errors'][ex.key]}")
+            if ex.key in warmed.get("provenance", {}):
+                provenance[ex.key] = dict(warmed["provenance"][ex.key], computed_by=f"dask worker {worker}")
+    for ex in new_sets:
+        if ex.key not in provenance:
+            try:
+                provenance[ex.key] = ex.provenance()
+            except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
+                raise UsageError(f"{ex.name} cannot start: {exc}") from exc
+    return provenance
+
+
 def shard_slice(ids: list[str], i: int, n: int) -> list[str]:
     """Shard ``i`` of ``n`` (1-based) of the sorted clip ids: contiguous, as equal as possible, the
     same whatever order the file system lists the files in."""
@@ -387,37 +430,6 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
     # model loads later, with the first clip that has text (one cached by an earlier ASR run)
     starved = set() if transcripts or any("text" in ex.provides for ex in extractors) else {"text"}
     fed = [ex for ex in extractors if ex.runs_without(starved & set(ex.needs))]
-    if cluster is not None:
-        cluster.warm(warm, fed)
-    provenance = {}
-    for ex in extractors:  # a model that cannot load is a usage error, found before any work
-        try:
-            if cluster is None:  # this process computes clips too (see LocalExecutor): load here
-                ex.check_device()
-            ex.preflight(load=cluster is None and ex in fed)
-            # meta.json is written once, when a feature set is created; an existing set only checks
-            # its config hash, so its provenance (which can load models) is not rebuilt on re-runs
-            if FeatureSet(Path(cache_dir) / ex.key).exists():
-                provenance[ex.key] = {"config_hash": ex.key.rsplit("-", 1)[1]}
-        except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
-            raise UsageError(f"{ex.name} cannot start: {exc}") from exc
-    new_sets = [ex for ex in extractors if ex.key not in provenance]
-    if cluster is not None and any(ex in fed for ex in new_sets):
-        # a Dask client loads no model: the first worker that warmed up says what it loaded (its
-        # device, checksums) and what it could not load (the usage error a local run finds here)
-        worker, warmed = cluster.first_warm_up()
-        for ex in new_sets:
-            if ex.key in warmed.get("errors", {}):
-                raise UsageError(f"{ex.name} cannot start on worker {worker}: {warmed['errors'][ex.key]}")
-            if ex.key in warmed.get("provenance", {}):
-                provenance[ex.key] = dict(warmed["provenance"][ex.key], computed_by=f"dask worker {worker}")
-    for ex in new_sets:
-        if ex.key not in provenance:
-            try:
-                provenance[ex.key] = ex.provenance()
-            except Exception as exc:  # noqa: BLE001 - any loader error, reported with its extractor
-                raise UsageError(f"{ex.name} cannot start: {exc}") from exc
-    start = time.perf_counter()
     summary = Summary(cache=Path(cache_dir), video_dir=video_dir, keys=keys, log=runlog.path)
     files, collisions = found.files, found.collisions
     summary.clips = len(files) + len(collisions)
@@ -428,6 +440,24 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         runlog.detail(f"skipped {path}: {why}")
     cache = FeatureCache(cache_dir)
     with cache.lock():
+        tasks, summary.skipped = plan(files, extractors, cache, transcripts, retry_failed,
+                                      f"csv:{Path(transcripts_source).name}" if transcripts_source else "csv")
+        needed = {ex.key for t in tasks for ex in t.extractors}
+        warming = [ex for ex in fed if ex.key in needed]
+        # one clip (or none) is computed here: no worker would start for it (LocalExecutor.map)
+        executor = cluster or LocalExecutor(resolve_jobs(jobs, len(tasks), device) if len(tasks) > 1 else 1)
+        if isinstance(executor, LocalExecutor):
+            main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
+        else:  # workers elsewhere: no parent to watch, their output is the cluster's
+            main_pid, log_path = None, None
+        try:
+            if warming:  # the workers import and load (seconds of CPU each) while this process checks
+                executor.warm(warm, warming, main_pid, log_path)
+            provenance = describe(extractors, warming, cache_dir, cluster)
+        except BaseException:
+            executor.close()  # a usage error found here: the workers that started stop
+            raise
+        start = time.perf_counter()
         writers: dict[str, ShardWriter] = {}
         for ex in extractors:
             fs = cache.create(ex.key, provenance[ex.key])
@@ -440,8 +470,6 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
                     writer.fail(cid, reason)
                 summary.failures.append((cid, key, reason))
                 summary.failed[key] += 1
-        tasks, summary.skipped = plan(files, extractors, cache, transcripts, retry_failed,
-                                      f"csv:{Path(transcripts_source).name}" if transcripts_source else "csv")
         used = {transcript_for(cid, transcripts) is not None for cid in files}
         if transcripts and True not in used:
             _note(summary, "no transcript row matched a clip id (names must be clip ids or file stems)")
@@ -450,12 +478,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
         bar = tqdm(total=len(tasks), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         results = None
         failed_write: CacheWriteError | None = None  # the first write the cache refused
-        executor = cluster or LocalExecutor(resolve_jobs(jobs, len(tasks), device))
         try:
-            if isinstance(executor, LocalExecutor):
-                main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
-            else:  # workers elsewhere: no parent to watch, their output is the cluster's
-                main_pid, log_path = None, None
             results = executor.map(process, tasks, decode_config, threads, main_pid, log_path)
             for out in results:
                 summary.decoded += int(out["decoded"])

@@ -59,3 +59,33 @@ def test_bad_jobs_values_are_usage_errors(value):
 def test_default_is_auto():
     assert ExtractConfig().jobs == "auto"
     ExtractConfig().validate()
+
+
+def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_without_one():
+    """--jobs N starts its workers first, each loading the run's models while the main process checks
+    (the second core sat idle meanwhile); a run that stops before any clip (a usage error found by
+    that check) leaves no worker behind."""
+    import os
+    import time
+
+    import psutil
+
+    from extract import registry, runner
+
+    registry.load_all()
+    exs = [registry.build("egemaps")]
+    ex = executors.LocalExecutor(2)
+    try:
+        ex.warm(runner.warm, exs, os.getpid(), None)
+        got = ex._warming[0].result(timeout=120)
+        assert list(got["provenance"]) == [exs[0].key] and not got["errors"]
+        assert len(got["provenance"][exs[0].key]["channels"]) == 88
+        assert not exs[0].loaded  # loaded in the worker, not here
+        worker = ex._pool.submit(os.getpid).result(timeout=60)
+        assert worker != os.getpid()
+    finally:
+        ex.close()  # nothing was mapped: the run stopped before its first clip
+    deadline = time.time() + 30
+    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+        assert time.time() < deadline, "the warmed-up worker outlived the run"
+        time.sleep(0.2)
