@@ -8,7 +8,8 @@ Dask (``distributed``, as lhotse's feature extraction does through an ``Executor
   see the README); ``--scheduler local:N``: a local cluster of N single-threaded worker processes
   bound to 127.0.0.1.
 * Each worker loads its models once (the runner's per-process model table), runs one clip at a time
-  (one thread), so it never runs two GPU models at once on its device.
+  (one thread), so it never runs two GPU models at once on its device. The client loads none: the
+  first worker that warms up returns the provenance it computed (``first_warm_up``).
 * GPUs: with ``--device cuda`` a local cluster gives worker i the GPU ``i mod n`` through
   ``CUDA_VISIBLE_DEVICES`` (:func:`gpu_assignment`) and declares a ``GPU`` resource; on any cluster,
   clips are submitted with ``resources={"GPU": 1}``, so they go only to workers that declare one.
