@@ -123,6 +123,7 @@ class Recogniser:
         self.members = bundle.record["members"]
         self._extractors = None
         self._decode = None
+        self._used_workers = False
         from models.run_dir import read_run
         from models.train import load_model_file
 
@@ -136,11 +137,17 @@ class Recogniser:
 
     def close(self) -> None:
         """Release the extractors' models (MediaPipe landmarkers must be closed before the
-        interpreter exits; an atexit hook does it for a Recogniser left open)."""
+        interpreter exits; an atexit hook does it for a Recogniser left open) and end the worker
+        processes that ``predict_many(jobs > 1)`` keeps between calls."""
         if self._extractors is not None:
             from extract.runner import close_loaded
 
             close_loaded(self._extractors)
+        if self._used_workers:  # predict_many(jobs > 1) left its worker processes waiting, models loaded
+            from extract.executors import stop_local_workers
+
+            stop_local_workers()
+            self._used_workers = False
 
     def __enter__(self) -> "Recogniser":
         return self
@@ -188,6 +195,7 @@ class Recogniser:
                 ids.update(found)
             if any(loose.iterdir()):
                 folders.append(loose)
+            self._used_workers |= jobs > 1
             for folder in folders:
                 # the extractors stay loaded between calls (closed by close()): a call then costs the clip,
                 # not loading whisper, MiniLM and MediaPipe again (0.5 s per call with the default bundle)

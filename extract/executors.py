@@ -102,6 +102,21 @@ def parse_scheduler(text: str | None) -> tuple[str, object] | None:
 
 # -- local worker processes -------------------------------------------------------------------------
 
+#: a run's worker processes wait this long for the next run (the Recogniser's calls, a notebook's
+#: next extract) with their models loaded, then exit; stop_local_workers() ends them at once
+LOCAL_IDLE_SECONDS = 120
+_LAST_POOL = None  # the worker pool the last run with --jobs N > 1 used
+
+
+def stop_local_workers() -> None:
+    """End the worker processes that runs with ``jobs`` > 1 left waiting for the next one (each holds
+    its loaded models: about 1.6 GB with the default features); the next such run starts new ones."""
+    global _LAST_POOL
+    pool, _LAST_POOL = _LAST_POOL, None
+    if pool is not None:
+        pool.shutdown(wait=False, kill_workers=True)
+
+
 class LocalExecutor:
     """Local processes. ``jobs`` 1: every clip in this process. ``jobs`` N > 1: N - 1 worker processes
     (loky, as joblib uses) AND this process, which already holds its loaded models: a worker costs
@@ -120,10 +135,11 @@ class LocalExecutor:
         self._exhausted = False  # map() gave every result (a loop that stopped early leaves it False)
 
     def _start_pool(self):
+        global _LAST_POOL
         from joblib.externals.loky import get_reusable_executor
 
         if self._pool is None:
-            self._pool = get_reusable_executor(max_workers=self.jobs - 1, timeout=120)
+            self._pool = _LAST_POOL = get_reusable_executor(max_workers=self.jobs - 1, timeout=LOCAL_IDLE_SECONDS)
         return self._pool
 
     def warm(self, fn, *args) -> None:

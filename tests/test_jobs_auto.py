@@ -86,6 +86,11 @@ def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_wit
     finally:
         ex.close()  # nothing was mapped: the run stopped before its first clip
     deadline = time.time() + 30
-    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+    while True:
+        try:
+            if psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
         assert time.time() < deadline, "the warmed-up worker outlived the run"
         time.sleep(0.2)
