@@ -195,7 +195,7 @@ class Recogniser:
                 ids.update(found)
             if any(loose.iterdir()):
                 folders.append(loose)
-            self._used_workers |= jobs > 1
+            self._used_workers |= jobs != 1  # a number > 1, or auto
             for folder in folders:
                 # the extractors stay loaded between calls (closed by close()): a call then costs the clip,
                 # not loading whisper, MiniLM and MediaPipe again (0.5 s per call with the default bundle)

@@ -151,10 +151,7 @@ def resolved_device(device: str, scheduler: str | None) -> str:
     never import torch."""
     if device == "cpu" or not scheduler:  # local processes: each extractor resolves (and checks) its device
         return "cpu"
-    from .executors import gpu_visible, parse_scheduler
-
-    if parse_scheduler(scheduler)[0] == "address":  # the workers' GPUs, not this machine's (a login node)
-        return "cuda" if device == "cuda" else "cpu"  # cuda: only workers that declare a GPU; auto: each worker's own
+    from .executors import gpu_visible
 
     if device == "auto" and not gpu_visible():  # no NVIDIA driver: cpu, without importing torch (1-2 s)
         return "cpu"

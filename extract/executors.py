@@ -322,21 +322,29 @@ class DaskExecutor:
             self._warming.append((addr, fut))
 
     def first_warm_up(self, timeout: float = WARM_UP_TIMEOUT) -> tuple[str | None, object]:
-        """The worker whose warm-up finished first and what it returned; ``(None, {})`` when none
-        finished within ``timeout`` seconds (no worker yet, e.g. a cluster that scales up with the
-        work; every warming worker died; none declares the GPU the run needs)."""
+        """The first worker whose warm-up loaded every model, and what it returned; when every
+        warm-up reported a model it could not load, the first of them (one misconfigured worker
+        does not stop a run that others can do); ``(None, {})`` when none finished within
+        ``timeout`` seconds (no worker yet, e.g. a cluster that scales up with the work; every
+        warming worker died; none declares the GPU the run needs)."""
         from distributed import as_completed
 
         where = {fut.key: addr for addr, fut in self._warming}
+        failed: tuple[str | None, object] = (None, {})
         if not where:
-            return None, {}
+            return failed
         try:
             for fut in as_completed([f for _, f in self._warming], loop=self.client.loop, timeout=timeout):
-                if fut.status == "finished":
-                    return where[fut.key], fut.result()
+                if fut.status != "finished":
+                    continue
+                got = fut.result()
+                if not got.get("errors"):
+                    return where[fut.key], got
+                if failed[0] is None:
+                    failed = (where[fut.key], got)
         except TimeoutError:  # distributed's is the built-in one
             pass
-        return None, {}
+        return failed
 
     def map(self, fn, tasks, *args):
         from distributed import as_completed

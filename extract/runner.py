@@ -454,22 +454,22 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
             if warming:  # the workers import and load (seconds of CPU each) while this process checks
                 executor.warm(warm, warming, main_pid, log_path)
             provenance = describe(extractors, warming, cache_dir, cluster)
+            start = time.perf_counter()
+            writers: dict[str, ShardWriter] = {}
+            for ex in extractors:
+                fs = cache.create(ex.key, provenance[ex.key])
+                writers[ex.key] = ShardWriter(fs, ex.kind, {"source_dir": video_dir.name,
+                                                             "transcripts": transcripts_source or ""})
+            for cid, paths in sorted(collisions.items()):
+                reason = collision_reason(paths, video_dir)
+                for key, writer in writers.items():
+                    if cid not in writer.fs.failures():
+                        writer.fail(cid, reason)
+                    summary.failures.append((cid, key, reason))
+                    summary.failed[key] += 1
         except BaseException:
-            executor.close()  # a usage error found here: the workers that started stop
+            executor.close()  # a usage error or a refused write before the first clip: the workers stop
             raise
-        start = time.perf_counter()
-        writers: dict[str, ShardWriter] = {}
-        for ex in extractors:
-            fs = cache.create(ex.key, provenance[ex.key])
-            writers[ex.key] = ShardWriter(fs, ex.kind, {"source_dir": video_dir.name,
-                                                         "transcripts": transcripts_source or ""})
-        for cid, paths in sorted(collisions.items()):
-            reason = collision_reason(paths, video_dir)
-            for key, writer in writers.items():
-                if cid not in writer.fs.failures():
-                    writer.fail(cid, reason)
-                summary.failures.append((cid, key, reason))
-                summary.failed[key] += 1
         used = {transcript_for(cid, transcripts) is not None for cid in files}
         if transcripts and True not in used:
             _note(summary, "no transcript row matched a clip id (names must be clip ids or file stems)")

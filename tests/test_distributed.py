@@ -66,11 +66,6 @@ def test_scheduler_and_gpu_assignment_logic():
     assert gpu_assignment(4, 2) == ["0", "1", "0", "1"] and gpu_assignment(3, 4) == ["0", "1", "2"]
     with pytest.raises(SchedulerError, match="no CUDA device"):
         gpu_assignment(2, 0)
-    from extract.api import resolved_device
-
-    # a client of a remote cluster (a login node, maybe without GPU) plans for its workers' GPUs
-    assert resolved_device("cuda", "tcp://10.0.0.5:8786") == "cuda"
-    assert resolved_device("auto", "tcp://10.0.0.5:8786") == "cpu"  # no GPU constraint: each worker's own
 
 
 def test_a_local_dask_cluster_writes_the_same_cache_as_a_local_run(clips, local_run, tmp_path):
@@ -104,6 +99,33 @@ def test_workers_load_the_run_s_models_before_their_first_clip_and_a_bad_model_i
     finally:
         ex.close()
     ex.close()  # a second close (the run's, then run_extract's) does nothing
+
+
+def _warm_up_failing_on_moe_0():
+    import time as _time
+
+    from distributed import get_worker
+
+    if get_worker().name == "moe-0":  # a misconfigured worker: it reports at once
+        return {"provenance": {}, "errors": {"k": "cannot load here"}}
+    _time.sleep(1.0)
+    return {"provenance": {"k": {"device": "cpu"}}, "errors": {}}
+
+
+def test_one_worker_that_cannot_load_does_not_decide_for_the_run():
+    from extract.executors import DaskExecutor
+
+    ex = DaskExecutor("local:2")
+    try:
+        names = {addr: w["name"] for addr, w in ex.client.scheduler_info()["workers"].items()}
+        ex.warm(_warm_up_failing_on_moe_0)
+        worker, got = ex.first_warm_up(timeout=60)
+        assert names[worker] == "moe-1" and got["provenance"] == {"k": {"device": "cpu"}}
+        ex._warming = [(a, f) for a, f in ex._warming if names[a] == "moe-0"]  # only the broken one left
+        worker, got = ex.first_warm_up(timeout=60)
+        assert names[worker] == "moe-0" and got["errors"] == {"k": "cannot load here"}
+    finally:
+        ex.close()
 
 
 def test_a_dask_client_loads_no_model_and_records_the_provenance_of_the_worker_that_computes(clips, tmp_path):

@@ -75,6 +75,7 @@ def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_wit
     registry.load_all()
     exs = [registry.build("egemaps")]
     ex = executors.LocalExecutor(2)
+    worker = None
     try:
         ex.warm(runner.warm, exs, os.getpid(), None)
         got = ex._warming[0].result(timeout=120)
@@ -86,11 +87,54 @@ def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_wit
     finally:
         ex.close()  # nothing was mapped: the run stopped before its first clip
     deadline = time.time() + 30
-    while True:
+    while worker is not None:
         try:
             if psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
                 break
         except psutil.NoSuchProcess:
             break
         assert time.time() < deadline, "the warmed-up worker outlived the run"
+        time.sleep(0.2)
+
+
+def test_a_run_refused_before_its_first_clip_leaves_no_worker(tmp_path):
+    """The workers start before the checks; a cache that refuses the run then (a hand-edited
+    meta.json) must not leave them waiting with their models loaded."""
+    import json
+    import time
+
+    import psutil
+
+    from extract import extract
+    from extract.cache import CacheError, FeatureCache
+    from extract.synth import make_clip
+
+    clips = tmp_path / "clips"
+    for i in range(2):
+        make_clip(clips / f"a{i}.mp4", seconds=0.5, size=(32, 32), freq=200 + 50 * i, seed=i)
+    cache = tmp_path / "cache"
+    extract(clips, cache, features="librosa", progress=False, jobs=1)
+    fs = FeatureCache(cache).feature_set(FeatureCache(cache).keys()[0])
+    meta = json.loads((fs.path / "meta.json").read_text())
+    (fs.path / "meta.json").write_text(json.dumps(dict(meta, config_hash="0" * 10)))
+    make_clip(clips / "a2.mp4", seconds=0.5, size=(32, 32), freq=400, seed=2)
+    make_clip(clips / "a3.mp4", seconds=0.5, size=(32, 32), freq=450, seed=3)
+
+    def loky_workers():
+        out = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if any("LokyProcess" in a for a in p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p.pid)
+            except psutil.Error:
+                pass
+        return out
+
+    executors.stop_local_workers()  # no pool of an earlier run in this process: the run starts its own
+    before = set(loky_workers())
+    with pytest.raises(CacheError, match="edited by hand"):
+        extract(clips, cache, features="librosa", progress=False, jobs=2)
+    deadline = time.time() + 30
+    while set(loky_workers()) - before:
+        assert time.time() < deadline, "a worker outlived the refused run"
         time.sleep(0.2)
