@@ -63,7 +63,11 @@ def gpu_visible() -> bool:
 def resolve_jobs(jobs, pending: int, device: str = "cpu") -> int:
     """The number of local processes for ``--jobs`` (an int >= 1, or "auto"): auto is one per usable
     core, bounded by the available memory and by the clips to compute (see :data:`AUTO_MIN_CLIPS`);
-    on a GPU one process (one model set per device: use ``--scheduler local:N`` for one per GPU)."""
+    on a GPU one process (one model set per device: use ``--scheduler local:N`` for one per GPU).
+    One clip (or none) is computed in the calling process whatever ``jobs`` says: no worker starts
+    (and warms up) for it."""
+    if pending <= 1:
+        return 1
     if jobs != "auto":
         return int(jobs)
     if device == "cuda" or (device == "auto" and gpu_visible()) or pending < AUTO_MIN_CLIPS:

@@ -117,7 +117,7 @@ class Extractor:
     def check_device(self) -> None:
         """Raise if the requested device is absent where this runs (``cuda`` without a GPU). Checked
         where clips are computed: before any clip in the main process of a local run; on a Dask
-        cluster by each worker as it loads (the client, e.g. a login node, needs no GPU)."""
+        cluster by each worker as it loads (its warm-up reports the error to the client)."""
 
     def runs_without(self, missing) -> bool:
         """Whether extract() computes something for a clip that lacks the inputs ``missing`` (some of

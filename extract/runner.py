@@ -161,6 +161,14 @@ def watch_parent(parent: int | None, poll: float = 0.5) -> None:
     threading.Thread(target=watch, name="moe-parent-watchdog", daemon=True).start()
 
 
+def _join_run(parent: int | None, log_path: str | None) -> None:
+    """In a worker process of the main process ``parent``: end with it, and send what libraries print
+    (fd 2) to the run's log ``log_path`` (None: the terminal). Nothing to do in the main process."""
+    watch_parent(parent)
+    if parent is not None and parent != os.getpid():
+        _worker_stderr(log_path)
+
+
 def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: int | None = None,
             log_path: str | None = None) -> dict:
     """Decode one clip (only what its pending extractors need) and run them. Runs in a worker;
@@ -174,9 +182,7 @@ def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: in
     """
     from threadpoolctl import threadpool_limits
 
-    watch_parent(parent)
-    if parent is not None and parent != os.getpid():
-        _worker_stderr(log_path)
+    _join_run(parent, log_path)
     with threadpool_limits(limits=threads, user_api="blas"):
         return _process(task, config, threads)
 
@@ -242,9 +248,7 @@ def warm(extractors: list[Extractor], parent: int | None = None, log_path: str |
     Returns ``{"provenance": {key: ...}, "errors": {key: message}}``: the provenance of each loaded
     extractor as this worker computes it (its device, its models' checksums; the client writes it to
     meta.json instead of loading every model itself), and why the others did not load."""
-    watch_parent(parent)
-    if parent is not None and parent != os.getpid():
-        _worker_stderr(log_path)
+    _join_run(parent, log_path)
     out: dict = {"provenance": {}, "errors": {}}
     for ex in extractors:
         try:
@@ -444,8 +448,7 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
                                       f"csv:{Path(transcripts_source).name}" if transcripts_source else "csv")
         needed = {ex.key for t in tasks for ex in t.extractors}
         warming = [ex for ex in fed if ex.key in needed]
-        # one clip (or none) is computed here: no worker would start for it (LocalExecutor.map)
-        executor = cluster or LocalExecutor(resolve_jobs(jobs, len(tasks), device) if len(tasks) > 1 else 1)
+        executor = cluster or LocalExecutor(resolve_jobs(jobs, len(tasks), device))
         if isinstance(executor, LocalExecutor):
             main_pid, log_path = os.getpid(), str(runlog.path) if runlog.redirects else None
         else:  # workers elsewhere: no parent to watch, their output is the cluster's

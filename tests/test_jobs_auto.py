@@ -23,6 +23,7 @@ def test_auto_is_one_per_core_for_a_long_run(machine):
     machine(cores=8, gib=64)
     assert executors.resolve_jobs("auto", 10_000) == 8
     assert executors.resolve_jobs(3, 10_000) == 3  # a number is taken as given
+    assert executors.resolve_jobs(3, 1) == 1 and executors.resolve_jobs(3, 0) == 1  # no worker for one clip
 
 
 def test_auto_is_one_process_for_a_short_run_or_a_gpu(machine, monkeypatch):
@@ -61,12 +62,11 @@ def test_default_is_auto():
     ExtractConfig().validate()
 
 
-def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_without_one():
+def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_without_one(processes):
     """--jobs N starts its workers first, each loading the run's models while the main process checks
     (the second core sat idle meanwhile); a run that stops before any clip (a usage error found by
     that check) leaves no worker behind."""
     import os
-    import time
 
     import psutil
 
@@ -86,24 +86,14 @@ def test_local_workers_load_before_the_first_clip_and_stop_when_the_run_ends_wit
         assert worker != os.getpid()
     finally:
         ex.close()  # nothing was mapped: the run stopped before its first clip
-    deadline = time.time() + 30
-    while worker is not None:
-        try:
-            if psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        assert time.time() < deadline, "the warmed-up worker outlived the run"
-        time.sleep(0.2)
+    if worker is not None:
+        processes.wait_gone([psutil.Process(worker)], "the warmed-up worker outlived the run")
 
 
-def test_a_run_refused_before_its_first_clip_leaves_no_worker(tmp_path):
+def test_a_run_refused_before_its_first_clip_leaves_no_worker(tmp_path, processes):
     """The workers start before the checks; a cache that refuses the run then (a hand-edited
     meta.json) must not leave them waiting with their models loaded."""
     import json
-    import time
-
-    import psutil
 
     from extract import extract
     from extract.cache import CacheError, FeatureCache
@@ -120,21 +110,9 @@ def test_a_run_refused_before_its_first_clip_leaves_no_worker(tmp_path):
     make_clip(clips / "a2.mp4", seconds=0.5, size=(32, 32), freq=400, seed=2)
     make_clip(clips / "a3.mp4", seconds=0.5, size=(32, 32), freq=450, seed=3)
 
-    def loky_workers():
-        out = []
-        for p in psutil.Process().children(recursive=True):
-            try:
-                if any("LokyProcess" in a for a in p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p.pid)
-            except psutil.Error:
-                pass
-        return out
-
     executors.stop_local_workers()  # no pool of an earlier run in this process: the run starts its own
-    before = set(loky_workers())
+    before = {p.pid for p in processes.loky_workers()}
     with pytest.raises(CacheError, match="edited by hand"):
         extract(clips, cache, features="librosa", progress=False, jobs=2)
-    deadline = time.time() + 30
-    while set(loky_workers()) - before:
-        assert time.time() < deadline, "a worker outlived the refused run"
-        time.sleep(0.2)
+    started = [p for p in processes.loky_workers() if p.pid not in before]
+    processes.wait_gone(started, "a worker outlived the refused run")
