@@ -157,41 +157,16 @@ def test_a_loaded_recogniser_loads_its_extractors_once_and_close_releases_them(m
     rec.close()
 
 
-def is_loky_worker(proc) -> bool:
-    """A loky worker process (not one of its resource trackers)."""
-    import psutil
-
-    try:
-        return any("LokyProcess" in a for a in proc.cmdline())
-    except psutil.Error:
-        return False
-
-
-def alive(proc) -> bool:
-    import psutil
-
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def test_recognising_a_folder_over_two_processes_gives_the_same_results(media_world):
+def test_recognising_a_folder_over_two_processes_gives_the_same_results(media_world, processes):
     """`recognise --jobs 2` (clips split between this process and a worker) must not change a value."""
-    import time
-
-    import psutil
-
     w = media_world
     with Recogniser.load(w["model"]) as rec:
         one = rec.predict_many([w["fresh"]])
         two = rec.predict_many([w["fresh"]], jobs=2)
-        workers = [p for p in psutil.Process().children(recursive=True) if is_loky_worker(p)]
+        workers = processes.loky_workers()
         assert workers  # the worker waits, models loaded, for the next call
-    deadline = time.time() + 30  # closing the Recogniser ends it (it would linger 2 minutes)
-    while any(alive(p) for p in workers):
-        assert time.time() < deadline, "a worker outlived Recogniser.close()"
-        time.sleep(0.2)
+    # closing the Recogniser ends it (it would linger 2 minutes)
+    processes.wait_gone(workers, "a worker outlived Recogniser.close()")
     assert [r.clip for r in two] == [r.clip for r in one] == ["broken", "new happy", "silent-film"]
     for a, b in zip(one, two):
         assert (a.label, a.scores, a.probabilities, a.absent, a.failure) == (b.label, b.scores, b.probabilities,
