@@ -73,7 +73,8 @@ def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, 
             from extract.outputs import check_output
 
             check_output(out, "recognise", [f"{out}.meta.json"], force)
-        with Recogniser.load(bundle, annotator, device) as rec:
+        # with --cache, one process extracts (a re-run finds every set there): no audio worker to start
+        with Recogniser.load(bundle, annotator, device, split=cache is None) as rec:
             results = rec.predict_many(paths, cache, abstain_below, progress=True, jobs=jobs)
         if out:
             write_results(out, results, rec.classes, bundle, as_json, force)

@@ -88,14 +88,23 @@ def build_extractors(features: list[dict], device: str = "auto"):
 
 
 class Recogniser:
-    def __init__(self, bundle: Bundle, annotator=None, device: str = "auto"):
+    def __init__(self, bundle: Bundle, annotator=None, device: str = "auto", split: bool = True):
+        """``split``: compute each clip's audio sets in a worker process while this process computes
+        the others, where that can help (see ensemble/audio_worker.py); the worker starts loading
+        its models now, while this process loads the bundle's."""
+        self._extractors = None
+        self._decode = None
+        self._audio_worker = None
+        self._work = None
+        self.device = device
+        self.bundle = bundle
+        if split:
+            self._start_audio_worker()
         from extract.annotator import Annotator, load_annotator
 
         from .pipeline import EnsemblePipeline
         from .reranking import parse_rules
 
-        self.bundle = bundle
-        self.device = device
         self.classes = bundle.classes
         recipe = bundle.record["recipe"]
         own = load_annotator(bundle.annotator_path()) if bundle.annotator_path() else None
@@ -121,9 +130,7 @@ class Recogniser:
         self.scaler = TemperatureScaler(bundle.record["calibration"]["temperature"]).fit(split.probs[0], [])
         self.member_names = [m["name"] for m in bundle.record["members"]]
         self.members = bundle.record["members"]
-        self._extractors = None
-        self._decode = None
-        self._used_workers = False
+        self._used_workers = self._audio_worker is not None
         from models.run_dir import read_run
         from models.train import load_model_file
 
@@ -132,8 +139,20 @@ class Recogniser:
         self.built: dict = {}
 
     @classmethod
-    def load(cls, path, annotator=None, device: str = "auto") -> "Recogniser":
-        return cls(open_bundle(path), annotator, device)
+    def load(cls, path, annotator=None, device: str = "auto", split: bool = True) -> "Recogniser":
+        return cls(open_bundle(path), annotator, device, split)
+
+    def _start_audio_worker(self) -> None:
+        from . import audio_worker
+
+        try:
+            extractors = self.extractors()
+        except BundleError:
+            return  # reported by the first prediction that needs them (a bundle of cached clips only)
+        if audio_worker.wanted(extractors, self.device):
+            self._work = tempfile.mkdtemp(prefix="moe-recognise-")  # the worker's log of library output
+            self._audio_worker = audio_worker.AudioWorker(extractors, self._decode,
+                                                          os.path.join(self._work, "audio-worker.log"))
 
     def close(self) -> None:
         """Release the extractors' models (MediaPipe landmarkers must be closed before the
@@ -148,6 +167,12 @@ class Recogniser:
 
             stop_local_workers()
             self._used_workers = False
+        self._audio_worker = None
+        if self._work is not None:
+            import shutil
+
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
 
     def __enter__(self) -> "Recogniser":
         return self
@@ -161,9 +186,10 @@ class Recogniser:
             self._extractors, self._decode = build_extractors(self.bundle.record["features"], self.device)
         return self._extractors
 
-    def _extract(self, paths, cache, progress: bool, jobs: int = 1) -> dict[str, str]:
+    def _extract(self, paths, cache, progress: bool, jobs: int = 1, own_cache: bool = False) -> dict[str, str]:
         """Extract the bundle's features of ``paths`` (files and folders) into ``cache``; each clip is
-        decoded once. Returns {clip id: source file}."""
+        decoded once. ``own_cache``: ``cache`` is this call's temporary one (the audio worker may
+        write into it). Returns {clip id: source file}."""
         import shutil
 
         from extract import media
@@ -196,12 +222,19 @@ class Recogniser:
             if any(loose.iterdir()):
                 folders.append(loose)
             self._used_workers |= jobs != 1  # a number > 1, or auto
-            for folder in folders:
+
+            def run_here(folder, exs, cache):
                 # the extractors stay loaded between calls (closed by close()): a call then costs the clip,
                 # not loading whisper, MiniLM and MediaPipe again (0.5 s per call with the default bundle)
                 # one process: whisper's pool takes every usable core (its values do not depend on it)
-                run_extract(folder, extractors, cache, self._decode, jobs=jobs, progress=progress, keep_loaded=True,
+                run_extract(folder, exs, cache, self._decode, jobs=jobs, progress=progress, keep_loaded=True,
                             pool_threads=usable_cores() if jobs == 1 else None)
+
+            if self._audio_worker is not None and own_cache and jobs == 1:
+                self._audio_worker.extract(folders, cache, run_here)
+            else:
+                for folder in folders:
+                    run_here(folder, extractors, cache)
         finally:
             shutil.rmtree(loose, ignore_errors=True)
         return ids
@@ -220,7 +253,7 @@ class Recogniser:
             tmp = tempfile.TemporaryDirectory(prefix="moe-recognise-cache-")
             cache = tmp.name
         try:
-            sources = self._extract(paths, cache, progress, jobs)
+            sources = self._extract(paths, cache, progress, jobs, own_cache=tmp is not None)
             out = self.predict_cached(sorted(sources), cache, abstain_below)
         finally:
             if tmp is not None:

@@ -112,6 +112,17 @@ LOCAL_IDLE_SECONDS = 120
 _LAST_POOL = None  # the worker pool the last run with --jobs N > 1 used
 
 
+def local_pool(workers: int):
+    """The pool of ``workers`` local worker processes (loky's reusable one, as joblib uses): started
+    on first use, reused by the next run while its workers wait (:data:`LOCAL_IDLE_SECONDS`), ended
+    by :func:`stop_local_workers`."""
+    global _LAST_POOL
+    from joblib.externals.loky import get_reusable_executor
+
+    _LAST_POOL = get_reusable_executor(max_workers=workers, timeout=LOCAL_IDLE_SECONDS)
+    return _LAST_POOL
+
+
 def stop_local_workers() -> None:
     """End the worker processes that runs with ``jobs`` > 1 left waiting for the next one (each holds
     its loaded models: about 1.6 GB with the default features); the next such run starts new ones."""
@@ -139,11 +150,8 @@ class LocalExecutor:
         self._exhausted = False  # map() gave every result (a loop that stopped early leaves it False)
 
     def _start_pool(self):
-        global _LAST_POOL
-        from joblib.externals.loky import get_reusable_executor
-
         if self._pool is None:
-            self._pool = _LAST_POOL = get_reusable_executor(max_workers=self.jobs - 1, timeout=LOCAL_IDLE_SECONDS)
+            self._pool = local_pool(self.jobs - 1)
         return self._pool
 
     def warm(self, fn, *args) -> None:

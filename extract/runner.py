@@ -260,6 +260,23 @@ def warm(extractors: list[Extractor], parent: int | None = None, log_path: str |
     return out
 
 
+def run_extract_warm(video_dir, extractors: list[Extractor], cache_dir, decode_config: media.DecodeConfig,
+                     pool_threads: int | None = None) -> Summary:
+    """:func:`run_extract` in a worker process that loaded these extractors before (:func:`warm`): the
+    run uses the loaded instances, not the copies each submitted task unpickles (which would load
+    their models again), and keeps them loaded for the next call (the Recogniser's audio worker)."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    # no progress bar here, but tqdm's class lock would be a multiprocessing semaphore, which this
+    # worker's resource tracker reports on the terminal as leaked when the worker is stopped
+    tqdm.set_lock(threading.RLock())
+    loaded = [_LOADED.get(ex.key, ex) for ex in extractors]
+    return run_extract(video_dir, loaded, cache_dir, decode_config, progress=False, keep_loaded=True,
+                       pool_threads=pool_threads)
+
+
 def plan(files: dict[str, Path], extractors: list[Extractor], cache: FeatureCache, transcripts: dict[str, str],
          retry_failed: bool, text_source: str) -> tuple[list[Task], int]:
     """Tasks for the clips that still miss at least one feature set; count of fully cached clips."""

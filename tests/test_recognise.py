@@ -145,7 +145,7 @@ def test_a_loaded_recogniser_loads_its_extractors_once_and_close_releases_them(m
 
     monkeypatch.setattr(Extractor, "ensure_loaded", counting)
     w = media_world
-    with Recogniser.load(w["model"]) as rec:
+    with Recogniser.load(w["model"], split=False) as rec:  # one process: every load is counted here
         first = rec.predict(w["fresh"] / "new happy.mp4")
         second = rec.predict(w["fresh"] / "new happy.mp4")  # a new temporary cache: extracted again
         assert second.scores == first.scores
@@ -155,6 +155,27 @@ def test_a_loaded_recogniser_loads_its_extractors_once_and_close_releases_them(m
     rec.predict(w["fresh"] / "new happy.mp4")  # still usable: loads again
     assert len(loads) == 4
     rec.close()
+
+
+def test_the_audio_worker_gives_the_one_process_results_and_ends_with_close(media_world, processes):
+    from extract.executors import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("the audio worker is used only with two usable cores")
+    w = media_world
+    clips = [w["fresh"]]
+    with Recogniser.load(w["model"], split=False) as rec:
+        alone = rec.predict_many(clips)
+    rec = Recogniser.load(w["model"])
+    assert rec._audio_worker is not None and [ex.name for ex in rec._audio_worker.audio] == ["librosa"]
+    split = rec.predict_many(clips)
+    assert not any(ex.loaded for ex in rec._audio_worker.audio)  # librosa was computed in the worker
+    assert [(r.clip, r.scores, r.experts, r.absent) for r in split] == \
+        [(r.clip, r.scores, r.experts, r.absent) for r in alone]
+    workers = processes.loky_workers()
+    assert workers
+    rec.close()
+    processes.wait_gone(workers, "the audio worker after close()")
 
 
 def test_recognising_a_folder_over_two_processes_gives_the_same_results(media_world, processes):
