@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extract.api import extract
-from extract.defaults import DEFAULT_FEATURES, default_feature_names
+from extract.defaults import DEFAULT_FEATURES, feature_names
 from extract.demo_data import make_demo_set
 from models.fitting import FitResult, fit
 from models.pseudo import PseudoResult, pseudo_label
@@ -35,15 +35,17 @@ class DemoResult:
 
 
 def run_demo(out_dir="demo-out", labeled_per_class: int = 12, unlabeled_per_class: int = 6, epochs: int = 25,
-             jobs: int = 2, min_confidence: float = 0.5, step=lambda n, text: None) -> DemoResult:
+             jobs: int = 2, min_confidence: float = 0.5, step=lambda n, text: None,
+             features: str = DEFAULT_FEATURES) -> DemoResult:
+    """``features``: the extractor specs (default: the offline default set); one expert per set."""
     t0 = time.time()
     out = Path(out_dir)
     step(1, "making a SYNTHETIC data set (tones, a warped public-domain photo, template sentences)")
     data = make_demo_set(out / "data", labeled_per_class, unlabeled_per_class)
     cache = out / "cache"
-    step(2, f"extract {DEFAULT_FEATURES}")
-    extract(data["videos"], cache, features=DEFAULT_FEATURES, transcripts=data["transcripts"], jobs=jobs)
-    experts = default_feature_names()
+    step(2, f"extract {features}")
+    extract(data["videos"], cache, features=features, transcripts=data["transcripts"], jobs=jobs)
+    experts = feature_names(features)
     common = dict(groups="speaker", folds=4, epochs=epochs, normalize="pool", hidden=64, heads=4, threads=1)
     step(3, f"fit stage 1 (MoE over {len(experts)} experts, speaker-grouped 4-fold CV)")
     s1 = fit(cache, data["labels"], experts, out / "run-stage1", **common)

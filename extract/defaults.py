@@ -17,8 +17,8 @@ Every member works on a fresh machine with no model hub:
 DEFAULT_FEATURES = "librosa,egemaps,whisper,hf-text:model=minilm,face-au,face-cnn"
 
 
-def default_feature_names() -> list[str]:
-    """The extractor names of the default set, as `cli.py fit --features` accepts them."""
+def feature_names(features: str) -> list[str]:
+    """The extractor names of a comma-separated list of specs, as `cli.py fit --features` accepts them."""
     from .registry import split_specs
 
-    return [spec.split(":", 1)[0] for spec in split_specs(DEFAULT_FEATURES)]
+    return [spec.split(":", 1)[0] for spec in split_specs(features)]
