@@ -4,7 +4,7 @@ while this process computes the others (the face sets, text), instead of one aft
 Why: on a CPU one 2-s clip of the default bundle costs about 0.7 s of audio work (whisper's padded
 encoder most of it) and 0.4 s of video work, and a cold ``recognise`` spends most of its time
 importing libraries (torch and scikit-learn for the models; librosa, openSMILE, CTranslate2 for the
-audio sets; MediaPipe, torchvision for the face sets): with the audio side in a worker that starts
+audio sets; MediaPipe for the face sets): with the audio side in a worker that starts
 loading when the Recogniser is created, the two halves use both cores (bench/bench_recognise.py).
 
 Each stream is still decoded once: the worker decodes the audio, this process the frames. The worker

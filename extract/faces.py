@@ -102,16 +102,18 @@ class FaceTrack:
 
 # -- geometry ----------------------------------------------------------------------------------
 def box_overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of ``box`` with each of ``boxes`` (x0, y0, x1, y1), by ``torchvision.ops.box_iou``; two
-    boxes without area overlap by 0 (box_iou divides 0 by 0 there). torch is imported here, not with
-    the module: the face extractors load it anyway, other importers of this module need not."""
-    import torch
-    from torchvision.ops import box_iou
+    """IoU of ``box`` with each of ``boxes`` (x0, y0, x1, y1), by pycocotools' box IoU (the COCO
+    evaluation's C code; two boxes without area overlap by 0). Not ``torchvision.ops.box_iou``: same
+    values, but importing torchvision.ops imports ``torch._dynamo`` (1.6-3.2 s of a cold recognise,
+    on its critical path; bench/README.md)."""
+    from pycocotools import mask as coco
 
-    dtype = np.result_type(box, boxes, np.float32)
-    a = torch.from_numpy(np.asarray(box, dtype).reshape(1, 4))
-    b = torch.from_numpy(np.asarray(boxes, dtype).reshape(-1, 4))
-    return torch.nan_to_num(box_iou(a, b)[0], nan=0.0).numpy()
+    def xywh(b):
+        b = np.asarray(b, np.float64).reshape(-1, 4)
+        return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+    b = xywh(boxes)
+    return coco.iou(xywh(box), b, [0] * len(b)).reshape(-1).astype(np.result_type(box, boxes, np.float32))
 
 
 def track_largest(detections: list[list[Detection]], iou_threshold: float = 0.3) -> tuple[list[int | None], int]:

@@ -354,7 +354,7 @@ def test_voter_follows_sklearn_conventions():
 
 
 
-# -- 4. torchvision.ops.box_iou -------------------------------------------------------------------
+# -- 4. box IoU by pycocotools (torchvision.ops.box_iou before; its import costs seconds) ----------
 
 def random_boxes(rng, n):
     xy = rng.uniform(0, 100, size=(n, 2))
