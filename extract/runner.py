@@ -519,7 +519,8 @@ def _run(video_dir: Path, found: media.Scan, extractors, cache_dir, decode_confi
                         summary.failed[key] += 1
                         summary.failures.append((out["id"], key, value))
                 bar.update(1)
-                bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
+                # (clip, set) pairs, not clips: a clip without a transcript misses its text set only
+                bar.set_postfix({"sets failed": sum(summary.failed.values())}, refresh=False)
                 unflushed += 1
                 if unflushed >= flush_every or time.monotonic() - last_flush > flush_seconds:
                     failed_write = flush_all(writers)
