@@ -1,11 +1,11 @@
 """The Recogniser's second process: a clip's audio feature sets are computed in one worker process
 while this process computes the others (the face sets, text), instead of one after the other.
 
-Why: on a CPU one 2-s clip of the default bundle costs about 0.7 s of audio work (whisper's padded
-encoder most of it) and 0.4 s of video work, and a cold ``recognise`` spends most of its time
-importing libraries (torch and scikit-learn for the models; librosa, openSMILE, CTranslate2 for the
-audio sets; MediaPipe for the face sets): with the audio side in a worker that starts
-loading when the Recogniser is created, the two halves use both cores (bench/bench_recognise.py).
+Why: on a CPU one 2-s clip of the default bundle costs about 0.5 s of audio work (whisper's padded
+encoder most of it) and 0.3 s of video work, one after the other in one process; with the audio side
+in a worker the two halves use both cores (a loaded Recogniser 1.06-1.12x clips/s, paired; a cold
+one, whose worker starts loading when the Recogniser is created, gained 1.10-1.14x while the face
+side imported torchvision and nothing measurable since: bench/README.md).
 
 Each stream is still decoded once: the worker decodes the audio, this process the frames. The worker
 writes its sets into a temporary cache of its own (a cache has one writer), whose set folders are then
