@@ -96,6 +96,7 @@ class Recogniser:
         self._decode = None
         self._audio_worker = None
         self._work = None
+        self._used_workers = False  # holds the local worker processes (close() lets them go)
         self.device = device
         self.bundle = bundle
         if split:
@@ -130,13 +131,21 @@ class Recogniser:
         self.scaler = TemperatureScaler(bundle.record["calibration"]["temperature"]).fit(split.probs[0], [])
         self.member_names = [m["name"] for m in bundle.record["members"]]
         self.members = bundle.record["members"]
-        self._used_workers = self._audio_worker is not None
+        if self._audio_worker is not None:
+            self._hold_workers()
         from models.run_dir import read_run
         from models.train import load_model_file
 
         self.runs = [read_run(d) for d in bundle.run_dirs()]  # opened and loaded once, used for every clip
         self.models = {p: load_model_file(p) for run in self.runs for p in run.model_files}
         self.built: dict = {}
+
+    def _hold_workers(self) -> None:
+        """This Recogniser keeps the local worker processes for its next calls (ended by close())."""
+        from extract.executors import hold_local_workers
+
+        hold_local_workers(self)
+        self._used_workers = True
 
     @classmethod
     def load(cls, path, annotator=None, device: str = "auto", split: bool = True) -> "Recogniser":
@@ -165,7 +174,7 @@ class Recogniser:
         if self._used_workers:  # predict_many(jobs > 1) left its worker processes waiting, models loaded
             from extract.executors import stop_local_workers
 
-            stop_local_workers()
+            stop_local_workers(self)  # not while another Recogniser still holds them
             self._used_workers = False
         self._audio_worker = None
         if self._work is not None:
@@ -221,7 +230,8 @@ class Recogniser:
                 ids.update(found)
             if any(loose.iterdir()):
                 folders.append(loose)
-            self._used_workers |= jobs != 1  # a number > 1, or auto
+            if jobs != 1:  # a number > 1, or auto
+                self._hold_workers()
 
             def run_here(folder, exs, cache):
                 # the extractors stay loaded between calls (closed by close()): a call then costs the clip,

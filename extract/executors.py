@@ -21,6 +21,7 @@ Dask (``distributed``, as lhotse's feature extraction does through an ``Executor
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 SCHEDULER_HELP = ("tcp://HOST:PORT (an existing Dask cluster), local:N (a local cluster of N workers), or "
@@ -123,10 +124,26 @@ def local_pool(workers: int):
     return _LAST_POOL
 
 
-def stop_local_workers() -> None:
+#: the live objects (Recognisers) that keep the local workers for their next calls: one of them
+#: closing must not end the workers another still uses (weak: one never closed drops out when freed)
+_HOLDERS = weakref.WeakSet()
+
+
+def hold_local_workers(holder) -> None:
+    """``holder`` uses the local workers between its calls: :func:`stop_local_workers` of another
+    holder leaves them running while ``holder`` holds them."""
+    _HOLDERS.add(holder)
+
+
+def stop_local_workers(holder=None) -> None:
     """End the worker processes that runs with ``jobs`` > 1 left waiting for the next one (each holds
-    its loaded models: about 1.6 GB with the default features); the next such run starts new ones."""
+    its loaded models: about 1.6 GB with the default features); the next such run starts new ones.
+    With ``holder``: ``holder`` lets them go, and they end only if no other holder keeps them."""
     global _LAST_POOL
+    if holder is not None:
+        _HOLDERS.discard(holder)
+        if len(_HOLDERS):
+            return
     pool, _LAST_POOL = _LAST_POOL, None
     if pool is not None:
         pool.shutdown(wait=False, kill_workers=True)

@@ -178,6 +178,24 @@ def test_the_audio_worker_gives_the_one_process_results_and_ends_with_close(medi
     processes.wait_gone(workers, "the audio worker after close()")
 
 
+def test_closing_one_recogniser_leaves_the_worker_another_one_uses(media_world, processes):
+    from extract.executors import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("the audio worker is used only with two usable cores")
+    w = media_world
+    first, second = Recogniser.load(w["model"]), Recogniser.load(w["model"])
+    want = first.predict(w["fresh"])
+    workers = processes.loky_workers()
+    assert workers
+    first.close()
+    got = second.predict(w["fresh"])  # in the same worker, models still loaded
+    assert processes.loky_workers() == workers and all(p.is_running() for p in workers)
+    assert (got.scores, got.absent) == (want.scores, want.absent)
+    second.close()
+    processes.wait_gone(workers, "the audio worker after the last Recogniser's close()")
+
+
 def test_recognising_a_folder_over_two_processes_gives_the_same_results(media_world, processes):
     """`recognise --jobs 2` (clips split between this process and a worker) must not change a value."""
     w = media_world
