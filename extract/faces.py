@@ -113,7 +113,7 @@ def box_overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
 
     b = xywh(boxes)
-    return coco.iou(xywh(box), b, [0] * len(b)).reshape(-1).astype(np.result_type(box, boxes, np.float32))
+    return np.asarray(coco.iou(xywh(box), b, [0] * len(b)), np.result_type(box, boxes, np.float32)).reshape(-1)
 
 
 def track_largest(detections: list[list[Detection]], iou_threshold: float = 0.3) -> tuple[list[int | None], int]:

@@ -375,6 +375,7 @@ def test_box_overlaps_equal_the_hand_written_iou():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     zero = np.array([5, 5, 5, 5], np.float32)                         # zero area: 0, not NaN
     assert faces.box_overlaps(zero, zero[None]).tolist() == [0.0]
+    assert faces.box_overlaps(zero, np.zeros((0, 4), np.float32)).shape == (0,)  # no boxes: none
 
 
 def test_tracking_decisions_equal_the_hand_written_tracker():
