@@ -101,6 +101,14 @@ class Recogniser:
         self.bundle = bundle
         if split:
             self._start_audio_worker()
+        try:
+            self._load_bundle(bundle, annotator)
+        except BaseException:
+            self.close()  # the audio worker started above ends now, not at its idle timeout
+            raise
+
+    def _load_bundle(self, bundle: Bundle, annotator) -> None:
+        """The ensemble, rules, calibration and fitted models of ``bundle``, loaded once."""
         from extract.annotator import Annotator, load_annotator
 
         from .pipeline import EnsemblePipeline
@@ -131,8 +139,6 @@ class Recogniser:
         self.scaler = TemperatureScaler(bundle.record["calibration"]["temperature"]).fit(split.probs[0], [])
         self.member_names = [m["name"] for m in bundle.record["members"]]
         self.members = bundle.record["members"]
-        if self._audio_worker is not None:
-            self._hold_workers()
         from models.run_dir import read_run
         from models.train import load_model_file
 
@@ -162,6 +168,7 @@ class Recogniser:
             self._work = tempfile.mkdtemp(prefix="moe-recognise-")  # the worker's log of library output
             self._audio_worker = audio_worker.AudioWorker(extractors, self._decode,
                                                           os.path.join(self._work, "audio-worker.log"))
+            self._hold_workers()
 
     def close(self) -> None:
         """Release the extractors' models (MediaPipe landmarkers must be closed before the

@@ -196,6 +196,22 @@ def test_closing_one_recogniser_leaves_the_worker_another_one_uses(media_world, 
     processes.wait_gone(workers, "the audio worker after the last Recogniser's close()")
 
 
+def test_a_recogniser_that_fails_to_load_ends_the_audio_worker_it_started(media_world, processes, tmp_path):
+    from extract import executors
+
+    if executors.usable_cores() < 2:
+        pytest.skip("the audio worker is used only with two usable cores")
+    executors.stop_local_workers()  # workers an earlier test left waiting
+    processes.wait_gone(processes.loky_workers(), "an earlier test's workers")
+    bad = tmp_path / "answers.csv"
+    bad.write_text("not,an,annotator\n\x00\n")
+    with pytest.raises(Exception) as err:
+        Recogniser.load(media_world["model"], annotator=bad)
+    assert "answers.csv" in str(err.value)
+    processes.wait_gone(processes.loky_workers(), "the audio worker of a Recogniser that failed to load",
+                        seconds=10)
+
+
 def test_recognising_a_folder_over_two_processes_gives_the_same_results(media_world, processes):
     """`recognise --jobs 2` (clips split between this process and a worker) must not change a value."""
     w = media_world
