@@ -99,9 +99,9 @@ class Recogniser:
         self._used_workers = False  # holds the local worker processes (close() lets them go)
         self.device = device
         self.bundle = bundle
-        if split:
-            self._start_audio_worker()
         try:
+            if split:
+                self._start_audio_worker()
             self._load_bundle(bundle, annotator)
         except BaseException:
             self.close()  # the audio worker started above ends now, not at its idle timeout
