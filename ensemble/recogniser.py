@@ -96,7 +96,6 @@ class Recogniser:
         self._decode = None
         self._audio_worker = None
         self._work = None
-        self._used_workers = False  # holds the local worker processes (close() lets them go)
         self.device = device
         self.bundle = bundle
         try:
@@ -146,18 +145,13 @@ class Recogniser:
         self.models = {p: load_model_file(p) for run in self.runs for p in run.model_files}
         self.built: dict = {}
 
-    def _hold_workers(self) -> None:
-        """This Recogniser keeps the local worker processes for its next calls (ended by close())."""
-        from extract.executors import hold_local_workers
-
-        hold_local_workers(self)
-        self._used_workers = True
-
     @classmethod
     def load(cls, path, annotator=None, device: str = "auto", split: bool = True) -> "Recogniser":
         return cls(open_bundle(path), annotator, device, split)
 
     def _start_audio_worker(self) -> None:
+        from extract.executors import hold_local_workers
+
         from . import audio_worker
 
         try:
@@ -168,7 +162,7 @@ class Recogniser:
             self._work = tempfile.mkdtemp(prefix="moe-recognise-")  # the worker's log of library output
             self._audio_worker = audio_worker.AudioWorker(extractors, self._decode,
                                                           os.path.join(self._work, "audio-worker.log"))
-            self._hold_workers()
+            hold_local_workers(self)  # close() lets the worker go
 
     def close(self) -> None:
         """Release the extractors' models (MediaPipe landmarkers must be closed before the
@@ -178,11 +172,11 @@ class Recogniser:
             from extract.runner import close_loaded
 
             close_loaded(self._extractors)
-        if self._used_workers:  # predict_many(jobs > 1) left its worker processes waiting, models loaded
-            from extract.executors import stop_local_workers
+        from extract.executors import stop_local_workers
 
-            stop_local_workers(self)  # not while another Recogniser still holds them
-            self._used_workers = False
+        # the workers this Recogniser held (audio worker, predict_many(jobs > 1)), unless another
+        # Recogniser still holds them; nothing if it held none
+        stop_local_workers(self)
         self._audio_worker = None
         if self._work is not None:
             import shutil
@@ -209,7 +203,7 @@ class Recogniser:
         import shutil
 
         from extract import media
-        from extract.executors import usable_cores
+        from extract.executors import hold_local_workers, usable_cores
         from extract.runner import run_extract
 
         extractors = self.extractors()
@@ -237,8 +231,8 @@ class Recogniser:
                 ids.update(found)
             if any(loose.iterdir()):
                 folders.append(loose)
-            if jobs != 1:  # a number > 1, or auto
-                self._hold_workers()
+            if jobs != 1:  # a number > 1, or auto: the workers wait, models loaded, until close()
+                hold_local_workers(self)
 
             def run_here(folder, exs, cache):
                 # the extractors stay loaded between calls (closed by close()): a call then costs the clip,

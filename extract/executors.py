@@ -138,11 +138,14 @@ def hold_local_workers(holder) -> None:
 def stop_local_workers(holder=None) -> None:
     """End the worker processes that runs with ``jobs`` > 1 left waiting for the next one (each holds
     its loaded models: about 1.6 GB with the default features); the next such run starts new ones.
-    With ``holder``: ``holder`` lets them go, and they end only if no other holder keeps them."""
+    With ``holder``: ``holder`` lets them go, and they end only if no other holder keeps them (a
+    ``holder`` that never held them ends nothing)."""
     global _LAST_POOL
     if holder is not None:
+        if holder not in _HOLDERS:
+            return
         _HOLDERS.discard(holder)
-        if len(_HOLDERS):
+        if _HOLDERS:
             return
     pool, _LAST_POOL = _LAST_POOL, None
     if pool is not None:
