@@ -10,7 +10,8 @@
 The bundle is the offline default system: `ensemble.demo.run_demo` (synthetic clips, the default
 features librosa, egemaps, whisper, hf-text MiniLM, face-au, face-cnn; two runs, ensemble with the paper's
 rules) unless --bundle gives one; --features trains it on other specs (a latency-bound variant:
-`librosa,egemaps,whisper:pad=false,hf-text:model=minilm,face-au,face-cnn`). Targets (issue 14): cold <= 10 s, warm >= 2 clips/s per core.
+`librosa,egemaps,whisper:pad=false,hf-text:model=minilm,face-au,face-cnn`). Targets (issue 14):
+cold <= 10 s, warm >= 2 clips/s per core.
 
     python bench/bench_recognise.py [--bundle DIR | --features SPECS] [--clips 10] [--repeat 5]
 """
@@ -25,13 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from extract.defaults import DEFAULT_FEATURES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default=None, help="an exported bundle (default: train the demo system)")
-    ap.add_argument("--features", default=None,
+    ap.add_argument("--features", default=DEFAULT_FEATURES,
                     help="train the demo system on these specs instead of the default set (e.g. whisper:pad=false)")
     ap.add_argument("--clips", type=int, default=10, help="fresh clips for the warm figures")
     ap.add_argument("--repeat", type=int, default=5, help="cold runs (median)")
@@ -42,9 +45,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-recognise-"))
     if args.bundle is None:
         t0 = time.time()
-        res = run_demo(work / "demo", jobs=2, **({"features": args.features} if args.features else {}))
+        res = run_demo(work / "demo", jobs=2, features=args.features)
         bundle = res.bundle
-        print(f"bundle: the demo system ({args.features or 'default features'}), trained in "
+        print(f"bundle: the demo system ({args.features}), trained in "
               f"{time.time() - t0:.0f} s -> {bundle}")
     else:
         bundle = Path(args.bundle)
