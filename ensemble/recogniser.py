@@ -62,6 +62,14 @@ def _decode_for(features: list[dict]):
     return DecodeConfig(**{k: v for k, v in merged.items() if k in known})
 
 
+def _rebuild(cls, feature: dict, recorded: dict, decode, device: str):
+    try:
+        config = cls.Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in recorded.items()})
+    except TypeError as exc:
+        raise BundleError(f"feature {feature['key']}: its recorded config does not fit {cls.name} ({exc})") from None
+    return cls(config, decode=decode, device=device)
+
+
 def build_extractors(features: list[dict], device: str = "auto"):
     """The bundle's extractors, rebuilt from their recorded specs; each must give the recorded key."""
     from extract.registry import REGISTRY, load_all
@@ -74,11 +82,11 @@ def build_extractors(features: list[dict], device: str = "auto"):
         if cls is None:
             raise BundleError(f"feature {f['key']}: extractor {f.get('extractor')!r} is not registered here (a "
                               "synthetic or foreign feature): this bundle can only predict clips already cached")
-        try:
-            config = cls.Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in (f.get("config") or {}).items()})
-        except TypeError as exc:
-            raise BundleError(f"feature {f['key']}: its recorded config does not fit {cls.name} ({exc})") from None
-        ex = cls(config, decode=decode, device=device)
+        ex = _rebuild(cls, f, f.get("config") or {}, decode, device)
+        if ex.key != f["key"]:  # an option that resolves per machine (auto): as it resolved for the bundle
+            pinned = cls.pinned_config(f.get("config") or {}, f.get("model"))
+            alt = _rebuild(cls, f, pinned, decode, device) if pinned is not None else None
+            ex = alt if alt is not None and alt.key == f["key"] else ex
         if ex.key != f["key"]:
             raise BundleError(f"feature {f['key']}: rebuilding {cls.name} from the bundle gives key {ex.key} "
                               f"(extractor version {cls.version}, bundle {f.get('extractor_version')}): the features "

@@ -133,6 +133,13 @@ class Extractor:
         raise NotImplementedError
 
     # -- identity and provenance -------------------------------------------------------------
+    @classmethod
+    def pinned_config(cls, config: dict, model: dict | None) -> dict | None:
+        """A recorded ``config`` with the options that resolve per machine (``auto``) replaced by what
+        they resolved to where the set was computed (``model``: its recorded model provenance), so
+        the same set can be computed on another machine (an exported bundle); None: nothing to pin."""
+        return None
+
     def key_payload(self) -> dict:
         """Everything that changes the output: name, version, config, relevant decode params."""
         return {"extractor": self.name, "version": self.version, "config": asdict(self.config),

@@ -173,8 +173,9 @@ def test_other_sample_rates_are_resampled(tiny):
 def test_key_weights_compute_type_and_threads(tiny, tmp_path):
     base = build(f"whisper:model={tiny}")
     assert build(f"whisper:model={tiny},cpu_threads=1").key == base.key  # threads do not change the values
-    assert build(f"whisper:model={tiny},compute_type={W.CPU_COMPUTE_TYPE}").key == base.key  # auto on the CPU
-    other = "float32" if W.CPU_COMPUTE_TYPE != "float32" else "int8"
+    auto = W.encoder_cpu_auto()  # bfloat16 on a CPU with bfloat16 dot products, else float32
+    assert build(f"whisper:model={tiny},compute_type={auto}").key == base.key  # auto on the CPU
+    other = "float32" if auto != "float32" else "int8"
     assert build(f"whisper:model={tiny},compute_type={other}").key != base.key
     assert build(f"whisper:model={tiny},pad={str(not W.DEFAULT_PAD).lower()}").key != base.key
     copy = tmp_path / "copy"
@@ -186,14 +187,108 @@ def test_key_weights_compute_type_and_threads(tiny, tmp_path):
     assert build(f"whisper:model={copy}").key != before  # new files under the same path: a new key
     prov = base.provenance()
     assert prov["config"]["cpu_threads"] == 0 and prov["model"]["source"] == "local"
-    assert prov["model"]["checksum"].startswith("sha256:") and prov["model"]["compute_type"] == W.CPU_COMPUTE_TYPE
+    assert prov["model"]["checksum"].startswith("sha256:") and prov["model"]["compute_type"] == auto
     json.dumps(prov, allow_nan=False)
 
 
-def test_compute_types_per_device():
+def test_compute_types_per_device(monkeypatch):
     assert W.resolve_compute_type("auto", "cuda") == "float16"
     assert W.resolve_compute_type("auto", "cpu") == W.CPU_COMPUTE_TYPE
     assert W.resolve_compute_type("float32", "cuda") == "float32"
+    # the encoder's auto on the CPU follows the CPU's bfloat16 support; ASR (CTranslate2 only) stays float32
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(W, "_NATIVE_BF16", [native])
+        assert W.encoder_cpu_auto() == want
+        assert build("whisper", device="cpu").resolved_compute_type() == want
+        assert build("whisper", device="cpu").in_torch() is native
+        assert build("asr", device="cpu").resolved_compute_type() == "float32"
+    assert not W.runs_in_torch("cuda", "bfloat16")  # a GPU's bfloat16 is CTranslate2's
+
+
+def test_the_cpu_flags_are_read_once(monkeypatch, tmp_path):
+    monkeypatch.setattr(W, "_NATIVE_BF16", [])
+    first = W.cpu_has_bf16()
+    assert isinstance(first, bool) and W._NATIVE_BF16 == [first]
+    if Path("/proc/cpuinfo").is_file():
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+        assert first == any(f" {f}" in flags for f in W.CPU_BF16_FLAGS)
+
+
+# -- the PyTorch runtime: bfloat16 on the CPU (whisper_torch.py) ------------------------------------------
+def ct2_encode(folder: Path, mel: np.ndarray) -> np.ndarray:
+    model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32")
+    return np.asarray(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None]))))[0]
+
+
+def tiny_mel(tiny: Path, y: np.ndarray, pad: bool) -> np.ndarray:
+    fe = W.feature_extractor_for(str(tiny))
+    return fe(y, padding=fe.n_samples)[:, :3000] if pad else fe(y, padding=0)[:, :len(y) // 160 // 2 * 2]
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_the_torch_encoder_reproduces_ctranslate2(tiny, pad):
+    from extract.extractors.whisper_torch import TorchWhisperEncoder
+
+    mel = tiny_mel(tiny, voice(2.0, seed=3), pad)
+    want = ct2_encode(tiny, mel)
+    f32 = TorchWhisperEncoder(tiny, "float32")
+    assert (f32.layers, f32.heads, f32.width) == (1, 2, 16)
+    got = f32.encode(mel)
+    assert got.shape == want.shape == ((1500 if pad else 100), 16) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # the same computation, other kernels
+    assert np.array_equal(f32.encode(mel, rows=100), got[:100])  # the last layer's kept rows only
+    bf16 = TorchWhisperEncoder(tiny, "bfloat16").encode(mel, rows=100)
+    rel = np.linalg.norm(bf16 - want[:100]) / np.linalg.norm(want[:100])
+    assert 0 < rel < 0.05  # bfloat16 products: close, not equal
+
+
+def test_bfloat16_on_the_cpu_runs_in_torch_with_its_own_key(tiny):
+    import torch
+
+    f32 = build(f"whisper:model={tiny},compute_type=float32", device="cpu")
+    bf16 = build(f"whisper:model={tiny},compute_type=bfloat16", device="cpu")
+    assert bf16.in_torch() and not f32.in_torch()
+    assert bf16.key != f32.key and bf16.key_payload()["runtime"] == "torch" and "runtime" not in f32.key_payload()
+    prov = bf16.provenance()["model"]
+    assert prov["compute_type"] == "bfloat16" and prov["runtime"].startswith("PyTorch") and prov["torch"]
+    bf16.ensure_loaded()
+    assert bf16.encoder is not None and not hasattr(bf16, "whisper")  # CTranslate2 is not loaded
+    y = voice(2.0, seed=4)
+    a, b = bf16.extract(clip_of(y)), f32.ensure_loaded().extract(clip_of(y))
+    assert a.data.shape == b.data.shape == (10, 16) and np.allclose(a.timestamps, b.timestamps)
+    assert 0 < np.abs(a.pooled - b.pooled).max() < 0.1 * np.abs(b.pooled).max()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = bf16.extract(clip_of(y))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(two.pooled, a.pooled)  # the thread count does not change the values
+    unpadded = build(f"whisper:model={tiny},compute_type=bfloat16,pad=false", device="cpu").ensure_loaded()
+    assert unpadded.extract(clip_of(voice(0.1))).data.shape == (1, 16)
+    long = bf16.extract(clip_of(voice(65.0, seed=2)))
+    assert len(long.data) == 327  # 3 chunks, as in CTranslate2
+
+
+def test_a_model_torch_cannot_run_is_a_load_error(tiny, tmp_path):
+    from extract.extractors.ct2_weights import CT2FormatError, read_ct2_weights
+
+    int8 = tmp_path / "int8"
+    ctranslate2.converters.TransformersConverter(str(tiny.parent / "hf"), copy_files=["tokenizer.json"]) \
+        .convert(str(int8), quantization="int8")
+    with pytest.raises(ModelLoadError, match="quantised"):
+        build(f"whisper:model={int8},compute_type=bfloat16", device="cpu").ensure_loaded()
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny, cut)
+    raw = (cut / "model.bin").read_bytes()
+    (cut / "model.bin").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ModelLoadError, match="ends early"):
+        build(f"whisper:model={cut},compute_type=bfloat16", device="cpu").ensure_loaded()
+    (cut / "model.bin").write_bytes(b"\x63\x00\x00\x00" + raw[4:])
+    with pytest.raises(CT2FormatError, match="binary version 99"):
+        read_ct2_weights(cut / "model.bin")
+    weights = read_ct2_weights(tiny / "model.bin", prefix="encoder/")
+    assert weights.spec == "WhisperSpec" and weights.variables and all(k.startswith("encoder/") for k in weights.variables)
 
 
 @pytest.mark.skipif(W.ct2_cuda_devices() > 0, reason="this machine has a GPU")
@@ -438,6 +533,14 @@ def test_shipped_tiny_en_encodes_two_second_clips(shipped, tmp_path):
     assert unpadded.pooled.shape == (768,) and not np.allclose(unpadded.pooled, feats[0].pooled, atol=1e-3)
 
 
+def test_shipped_tiny_en_in_bfloat16_stays_close_to_float32(shipped):
+    y = voice(2.0, f0=120.0)
+    f32 = build("whisper:compute_type=float32", device="cpu").ensure_loaded().extract(clip_of(y)).pooled
+    bf16 = build("whisper:compute_type=bfloat16", device="cpu").ensure_loaded().extract(clip_of(y)).pooled
+    cos = float(f32 @ bf16 / np.linalg.norm(f32) / np.linalg.norm(bf16))
+    assert 0.999 < cos < 1 and not np.array_equal(f32, bf16)
+
+
 def test_shipped_tiny_en_transcribes_offline(shipped, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ex = build("asr").ensure_loaded()
@@ -447,3 +550,25 @@ def test_shipped_tiny_en_transcribes_offline(shipped, monkeypatch):
     assert prov["source"] == "package" and prov["checksum"]["model.bin"].startswith("sha256:1a5afae0")
     with pytest.raises(ModelLoadError, match="English-only"):
         build("asr:task=translate").ensure_loaded()
+
+
+def test_a_bundle_rebuilds_auto_as_it_resolved_where_it_was_made(tiny, monkeypatch):
+    """A bundle exported on a CPU with bfloat16 (auto -> bfloat16, PyTorch) is recognised on one without
+    as bfloat16 still (the same values, slower), not float32's; a spec that cannot give the key still fails."""
+    from dataclasses import asdict
+
+    from ensemble.bundle import BundleError
+    from ensemble.recogniser import build_extractors
+
+    monkeypatch.setattr(W, "_NATIVE_BF16", [True])
+    made = build(f"whisper:model={tiny}", device="cpu")
+    record = {"key": made.key, "extractor": "whisper", "extractor_version": made.version,
+              "config": asdict(made.config), "decode": {"sample_rate": 16000},
+              "model": made.provenance()["model"]}
+    assert record["config"]["compute_type"] == "auto" and record["model"]["compute_type"] == "bfloat16"
+    monkeypatch.setattr(W, "_NATIVE_BF16", [False])
+    assert build(f"whisper:model={tiny}", device="cpu").key != made.key  # auto is float32 here
+    (ex,), _ = build_extractors([record], device="cpu")
+    assert ex.key == made.key and ex.config.compute_type == "bfloat16" and ex.in_torch()
+    with pytest.raises(BundleError, match="would differ"):
+        build_extractors([{**record, "model": {"compute_type": "int8"}}], device="cpu")

@@ -26,11 +26,15 @@ leave-one-speaker-out, standardised logistic regression): UAR 0.794 padded vs 0.
 Long audio is cut into the fewest equal chunks of at most ``chunk_seconds`` (<= 30 s), read from the
 clip one at a time (bounded memory); the pooled statistics run over every frame of every chunk.
 
-``compute_type``: ``auto`` is float16 on a GPU (``--device cuda``) and :data:`CPU_COMPUTE_TYPE`
-(float32) on the CPU (measured, see there); any CTranslate2 type the device supports can be given
-(int8, int8_float32, int8_float16, float16, bfloat16, float32). The resolved type is part of the
-feature key: int8 and float32 values never mix. ``cpu_threads`` does not change the values (checked
-bit for bit for 1, 2 and 4 threads) and is not part of the key.
+``compute_type``: ``auto`` is float16 on a GPU (``--device cuda``); on the CPU it is bfloat16 where
+the CPU has bfloat16 dot products (AVX512_BF16 or AMX on x86, BF16 on ARM) and PyTorch is installed,
+else :data:`CPU_COMPUTE_TYPE` (float32; measured, see there). CTranslate2's CPU backend has no
+bfloat16, so ``bfloat16`` on the CPU runs the encoder in PyTorch on the same weights
+(whisper_torch.py): 2x faster padded, as accurate on EmoDB (UAR 0.816 vs 0.812). Any CTranslate2 type
+the device supports can be given (int8, int8_float32, int8_float16, float16, bfloat16, float32). The
+resolved type (and the PyTorch runtime) is part of the feature key: int8, bfloat16 and float32 values
+never mix. ``cpu_threads`` does not change the values (checked bit for bit for 1, 2 and 4 threads;
+PyTorch's for 1 and 2) and is not part of the key.
 """
 from __future__ import annotations
 
@@ -65,6 +69,11 @@ DEFAULT_PAD = True
 #: 0.794 vs 0.793 UAR, unpadded 0.726 vs 0.709) and as fast padded (0.37 vs 0.37 s per clip; int8 is
 #: faster only unpadded, 0.011 vs 0.018 s); float32 values also do not depend on the CPU's int8 kernels
 CPU_COMPUTE_TYPE = "float32"
+#: the encoder's CPU type of compute_type=auto where the CPU has bfloat16 dot products (PyTorch runs
+#: it: CTranslate2's CPU backend has none): bench/bench_whisper_bf16.py, EmoDB as above, one thread,
+#: padded: UAR 0.816 vs 0.812 float32, 0.19-0.22 vs 0.37-0.41 s per clip (an AMD EPYC with AVX512_BF16)
+CPU_BF16_COMPUTE_TYPE = "bfloat16"
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo: x86 flags, ARM features
 
 
 @dataclass(frozen=True)
@@ -206,11 +215,45 @@ def resolve_ct2_device(device: str | None) -> tuple[str, int]:
     return "cpu", 0
 
 
-def resolve_compute_type(compute_type: str, device: str) -> str:
-    """``auto`` -> float16 on cuda, CPU_COMPUTE_TYPE on cpu; other types as given."""
+def resolve_compute_type(compute_type: str, device: str, cpu_auto: str = CPU_COMPUTE_TYPE) -> str:
+    """``auto`` -> float16 on cuda, ``cpu_auto`` on cpu; other types as given."""
     if compute_type == "auto":
-        return "float16" if device == "cuda" else CPU_COMPUTE_TYPE
+        return "float16" if device == "cuda" else cpu_auto
     return compute_type
+
+
+_NATIVE_BF16: list = []
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 dot products natively (read from /proc/cpuinfo, once; False
+    where there is none: the fast path is then not assumed)."""
+    if not _NATIVE_BF16:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                words = set()
+                for line in fh:
+                    if line.lower().startswith(("flags", "features")):
+                        words.update(line.split(":", 1)[-1].split())
+                        break
+        except OSError:
+            words = set()
+        _NATIVE_BF16.append(bool(words & set(CPU_BF16_FLAGS)))
+    return _NATIVE_BF16[0]
+
+
+def encoder_cpu_auto() -> str:
+    """What compute_type=auto is on the CPU for the encoder (`whisper`)."""
+    import importlib.util
+
+    if cpu_has_bf16() and importlib.util.find_spec("torch") is not None:
+        return CPU_BF16_COMPUTE_TYPE
+    return CPU_COMPUTE_TYPE
+
+
+def runs_in_torch(device: str, compute_type: str) -> bool:
+    """The encoder runs in PyTorch (whisper_torch.py): bfloat16 on the CPU, which CTranslate2 lacks."""
+    return device == "cpu" and compute_type == CPU_BF16_COMPUTE_TYPE
 
 
 def default_cpu_threads() -> int:
@@ -246,6 +289,44 @@ def load_whisper_model(ref: WhisperRef, device: str, compute_type: str, cpu_thre
         raise ModelLoadError(f"cannot load the CTranslate2 Whisper model {ref.spec!r} from {path}: {exc}") from exc
 
 
+def feature_extractor_for(folder: str):
+    """faster-whisper's log-mel FeatureExtractor with the model's preprocessor_config.json, as
+    ``WhisperModel`` builds it (without loading the CTranslate2 model)."""
+    import inspect
+    import json
+
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    config: dict = {}
+    path = Path(folder) / "preprocessor_config.json"
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: not a readable JSON preprocessor config ({exc})") from None
+    valid = inspect.signature(FeatureExtractor.__init__).parameters
+    return FeatureExtractor(**{k: v for k, v in (config if isinstance(config, dict) else {}).items() if k in valid})
+
+
+def load_torch_encoder(ref: WhisperRef):
+    """(TorchWhisperEncoder in bfloat16, FeatureExtractor) for ``ref``: the CPU's bfloat16 runtime."""
+    try:
+        import faster_whisper  # noqa: F401 - the feature extractor
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(f"compute_type=bfloat16 on the CPU runs the encoder in PyTorch and needs torch and "
+                             f"faster-whisper ({exc.name} is missing); or use compute_type=float32") from None
+    from .ct2_weights import CT2FormatError
+    from .whisper_torch import TorchWhisperEncoder
+
+    verify_shipped(ref)
+    path = str(ref.path) if ref.path is not None else hub_snapshot(ref, download=True)
+    try:
+        return TorchWhisperEncoder(path, CPU_BF16_COMPUTE_TYPE), feature_extractor_for(path)
+    except (CT2FormatError, OSError) as exc:
+        raise ModelLoadError(f"cannot run the Whisper model {ref.spec!r} from {path} in PyTorch: {exc}") from exc
+
+
 def hub_snapshot(ref: WhisperRef, download: bool) -> str | None:
     """The local folder of a hub model: from the Hugging Face cache, else (``download`` and the hub
     not offline) downloaded; None when not cached and ``download`` is False."""
@@ -271,7 +352,7 @@ def hub_snapshot(ref: WhisperRef, download: bool) -> str | None:
                              f"downloaded ({exc}): {how}") from exc
 
 
-def whisper_provenance(ref_or_error, device: str, compute_type: str) -> dict:
+def whisper_provenance(ref_or_error, device: str, compute_type: str, cpu_auto: str = CPU_COMPUTE_TYPE) -> dict:
     """Model id, where it came from (package + version + path, folder, hub snapshot), the checksum,
     licence of a shipped model, device and compute type, runtime versions."""
     out: dict = {"runtime": "faster-whisper (CTranslate2)", "device_requested": device}
@@ -281,7 +362,7 @@ def whisper_provenance(ref_or_error, device: str, compute_type: str) -> dict:
         ct2_device = None
         out["device_error"] = str(exc)
     out.update(device=ct2_device, compute_type_requested=compute_type,
-               compute_type=resolve_compute_type(compute_type, ct2_device or "cpu"))
+               compute_type=resolve_compute_type(compute_type, ct2_device or "cpu", cpu_auto))
     out.update(library_versions(["faster-whisper", "ctranslate2"]))
     if isinstance(ref_or_error, Exception):
         out["error"] = str(ref_or_error)
@@ -342,12 +423,27 @@ class FasterWhisperUser:
             self._wweights = weights_id(ref)
         return self._wweights
 
-    def resolved_compute_type(self) -> str:
+    @classmethod
+    def pinned_config(cls, config: dict, model: dict | None) -> dict | None:
+        """compute_type=auto as it resolved where the set was computed (a bundle from a CPU with
+        bfloat16, recognising on one without: bfloat16 still, slower, not float32's other values)."""
+        resolved = (model or {}).get("compute_type")
+        if config.get("compute_type") == "auto" and resolved in COMPUTE_TYPES and resolved != "auto":
+            return {**config, "compute_type": resolved}
+        return None
+
+    #: what compute_type=auto is on the CPU (ASR: CTranslate2's float32; the encoder may run bfloat16)
+    def cpu_auto_compute_type(self) -> str:
+        return CPU_COMPUTE_TYPE
+
+    def resolved_device(self) -> str:
         try:
-            device, _ = resolve_ct2_device(self.device)
+            return resolve_ct2_device(self.device)[0]
         except ModelLoadError:
-            device = "cpu"  # preflight reports it
-        return resolve_compute_type(self.config.compute_type, device)
+            return "cpu"  # preflight reports it
+
+    def resolved_compute_type(self) -> str:
+        return resolve_compute_type(self.config.compute_type, self.resolved_device(), self.cpu_auto_compute_type())
 
     def whisper_load(self):
         if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
@@ -367,7 +463,7 @@ class FasterWhisperUser:
             ref = self.whisper_ref()
         except ModelLoadError as exc:
             ref = exc
-        return whisper_provenance(ref, self.device, self.config.compute_type)
+        return whisper_provenance(ref, self.device, self.config.compute_type, self.cpu_auto_compute_type())
 
 
 def validate_runtime_options(config) -> None:
@@ -390,7 +486,7 @@ class WhisperConfig:
     pad: bool = DEFAULT_PAD  # zero-pad each chunk to Whisper's 30-s window (pool only the real frames)
     series_seconds: float = 0.2  # the series: encoder frames averaged over windows of this length
     chunk_seconds: float = WINDOW_SECONDS  # long audio: chunks of at most this length (<= 30)
-    compute_type: str = "auto"  # auto: float16 on cuda, CPU_COMPUTE_TYPE on cpu; or a CTranslate2 type
+    compute_type: str = "auto"  # auto: float16 on cuda, bfloat16 or float32 on cpu (see above); or a given type
     cpu_threads: int = 0  # 0: up to 4 (the cores this process may use); does not change the values
 
     def validate(self):
@@ -414,6 +510,13 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
                    "long audio in 30-s chunks")
 
     # -- identity ------------------------------------------------------------------------------
+    def cpu_auto_compute_type(self) -> str:
+        return encoder_cpu_auto()
+
+    def in_torch(self) -> bool:
+        """Whether the encoder runs in PyTorch (bfloat16 on the CPU) instead of CTranslate2."""
+        return runs_in_torch(self.resolved_device(), self.resolved_compute_type())
+
     def key_payload(self) -> dict:
         payload = super().key_payload()
         payload["config"].pop("cpu_threads", None)  # same values whatever the thread count
@@ -421,6 +524,8 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         weights = self.whisper_weights_id()
         if weights is not None:
             payload["weights"] = weights
+        if self.in_torch():  # not CTranslate2's bfloat16 (a GPU's): other kernels, other values
+            payload["runtime"] = "torch"
         return payload
 
     def provenance(self) -> dict:
@@ -429,7 +534,11 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         return out
 
     def model_provenance(self) -> dict:
-        return self.whisper_model_provenance()
+        out = self.whisper_model_provenance()
+        if self.in_torch():
+            out["runtime"] = "PyTorch (bfloat16 encoder, extract/extractors/whisper_torch.py, on the CTranslate2 weights)"
+            out.update(library_versions(["torch"]))
+        return out
 
     # -- lifecycle ----------------------------------------------------------------------------
     def check_device(self) -> None:
@@ -440,8 +549,17 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         super().preflight(load)
 
     def load(self) -> None:
-        model = self.whisper_load()
-        self.features = model.feature_extractor
+        if self.in_torch():
+            if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
+                raise ModelLoadError(self._load_error)
+            try:
+                self.encoder, self.features = load_torch_encoder(self.whisper_ref())
+            except ModelLoadError as exc:
+                self._load_error = str(exc)
+                raise
+        else:
+            self.encoder = None
+            self.features = self.whisper_load().feature_extractor
         self.window = int(self.features.n_samples)  # 30 s
         self.max_mel = int(self.features.nb_max_frames)  # 3000
         self.hop = int(self.features.hop_length)  # 160
@@ -487,8 +605,6 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
 
     def encode_chunk(self, chunk: np.ndarray) -> np.ndarray | None:
         """One chunk (<= 30 s at 16 kHz) -> the encoder states that cover it, (n, D) float32."""
-        import ctranslate2
-
         if self.config.pad:
             mel = self.features(chunk, padding=self.window)[:, :self.max_mel]  # the chunk + zeros to 30 s
             n = min(self.max_mel // 2, math.ceil(len(chunk) / (2 * self.hop)))
@@ -500,6 +616,10 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
             n = mel.shape[1] // 2
         if n < 1:
             return None
+        if self.encoder is not None:  # PyTorch: only the n rows kept are computed in the last layer
+            return self.encoder.encode(mel, rows=n)
+        import ctranslate2
+
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32))
         out = np.asarray(self.whisper.model.encode(view, to_cpu=True))  # (1, frames, D)
         return np.asarray(out[0, :n], dtype=np.float32)
