@@ -54,6 +54,8 @@ SETS = {  # label -> SPEC
     "whisper nopad int8": "whisper:pad=false,compute_type=int8",
     "whisper pad float32": "whisper:pad=true,compute_type=float32",
     "whisper nopad float32": "whisper:pad=false,compute_type=float32",
+    "whisper pad bfloat16": "whisper:pad=true,compute_type=bfloat16",  # PyTorch on the CPU
+    "whisper nopad bfloat16": "whisper:pad=false,compute_type=bfloat16",
     "speaker": "speaker",
     "egemaps": "egemaps",
 }
@@ -175,7 +177,7 @@ def main(argv=None):
     if summary.decoded:
         print(f"| (decode) | | | {summary.compute_seconds.get('decode', 0.0) / summary.decoded:.3f} |")
 
-    default = f"whisper {'pad' if W.DEFAULT_PAD else 'nopad'} {W.CPU_COMPUTE_TYPE}"
+    default = f"whisper {'pad' if W.DEFAULT_PAD else 'nopad'} {W.encoder_cpu_auto()}"  # auto on this CPU
     feats["whisper"] = feats[default]
     y = np.array([r["emotion"] for r in rows])
     groups = np.array([r["speaker"] for r in rows])

@@ -1,0 +1,74 @@
+"""Whisper tiny.en's padded encoder in bfloat16 (PyTorch, on the CPU) vs CTranslate2 float32 (issue 14:
+latency): EmoDB, 408 clips, leave-one-speaker-out, the pooled mean+std of the encoder frames, a tuned
+standardised logistic regression (bench_emodb.logreg_loso); one thread, both variants on every clip in
+turn (same clip, same moment). Prints UAR, weighted F1, the median milliseconds per clip of each, and
+how far the pooled values moved (in units of each value's spread over the clips); no assertion.
+
+bfloat16 on the CPU is `whisper`'s compute_type=auto where the CPU has bfloat16 dot products
+(AVX512_BF16 / AMX); on a CPU without them it runs, but slowly (no native products).
+
+    python bench/bench_whisper_bf16.py [--clips N]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_emodb import EMODB, labels_csv, logreg_loso, scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=0, help="the first N clips only (0: all 408; UAR needs all)")
+    args = ap.parse_args()
+    if not EMODB.is_dir():
+        print(f"skipped: {EMODB} is not here")
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from extract import media, registry
+    from extract.extractors import whisper as W
+
+    registry.load_all()
+    _, label, speaker = labels_csv(Path(tempfile.mkdtemp(prefix="bench-whisper-bf16-")))
+    ids = sorted(label)[: args.clips or None]
+    y = np.array([label[i] for i in ids])
+    spk = np.array([speaker[i] for i in ids])
+    variants = {"CTranslate2 float32": registry.build("whisper:compute_type=float32", device="cpu"),
+                "PyTorch bfloat16": registry.build("whisper:compute_type=bfloat16", device="cpu")}
+    torch.set_num_threads(1)
+    for ex in variants.values():
+        ex.run_threads = 1
+        ex.ensure_loaded()
+    print(f"EmoDB, {len(ids)} clips, whisper tiny.en padded to 30 s, one thread; CPU bfloat16 dot products: "
+          f"{W.cpu_has_bf16()} (auto on this CPU: {W.encoder_cpu_auto()})")
+    pooled = {name: [] for name in variants}
+    ms = {name: [] for name in variants}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for cid in ids:
+            clip = media.decode(EMODB / "wav" / f"{cid}.wav", cid, ("audio",))
+            for name, ex in variants.items():
+                t0 = time.perf_counter()
+                pooled[name].append(ex.extract(clip).pooled)
+                ms[name].append((time.perf_counter() - t0) * 1000)
+    for ex in variants.values():
+        ex.close()
+    a, b = (np.stack(v) for v in pooled.values())
+    moved = np.abs(a - b) / (a.std(0) + 1e-12)
+    print(f"  pooled values moved by (x their spread over clips): median {np.median(moved):.3f}, "
+          f"99th percentile {np.percentile(moved, 99):.3f}, max {moved.max():.3f}")
+    for name, x in zip(variants, (a, b)):
+        line = f"  {name:20s} {np.median(ms[name]):4.0f} ms per clip (median)"
+        if len(set(spk)) > 1:
+            uar, wf1 = scores(y, logreg_loso(x, y, spk, None))
+            line += f", UAR {uar:.3f}, weighted F1 {wf1:.3f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
