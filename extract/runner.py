@@ -180,11 +180,22 @@ def process(task: Task, config: media.DecodeConfig, threads: int = 1, parent: in
     took the cores from FFmpeg's decoder threads, which made decoding audio + frames 2-3x slower
     inside a run with librosa than on its own (bench/bench_extract.py). The limit is lifted on return.
     """
-    from threadpoolctl import threadpool_limits
-
     _join_run(parent, log_path)
-    with threadpool_limits(limits=threads, user_api="blas"):
+    with _blas_controller().limit(limits=threads, user_api="blas"):
         return _process(task, config, threads)
+
+
+_CONTROLLER: list = []  # [(modules imported when it was made, threadpoolctl.ThreadpoolController)]
+
+
+def _blas_controller():
+    """One threadpoolctl controller per set of imported modules: making one scans every loaded shared
+    library (9 ms, per clip before), and a new native library comes with an import."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _CONTROLLER or _CONTROLLER[0][0] != len(sys.modules):
+        _CONTROLLER[:] = [(len(sys.modules), ThreadpoolController())]
+    return _CONTROLLER[0][1]
 
 
 def _process(task: Task, config: media.DecodeConfig, threads: int) -> dict:

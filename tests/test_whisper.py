@@ -268,10 +268,18 @@ def test_bfloat16_on_the_cpu_runs_in_torch_with_its_own_key(tiny):
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(two.pooled, a.pooled)  # the thread count does not change the values
+    bf16.run_threads = 2  # the extractor pool's threads (a one-process Recogniser gives every core)
+    assert np.array_equal(bf16.extract(clip_of(y)).pooled, a.pooled) and torch.get_num_threads() == threads
     unpadded = build(f"whisper:model={tiny},compute_type=bfloat16,pad=false", device="cpu").ensure_loaded()
     assert unpadded.extract(clip_of(voice(0.1))).data.shape == (1, 16)
     long = bf16.extract(clip_of(voice(65.0, seed=2)))
     assert len(long.data) == 327  # 3 chunks, as in CTranslate2
+    # the padded mel from the chunk + a zero tail equals the whole 30-s window's (CTranslate2's path)
+    for seconds in (0.01, 0.5, 2.0, 29.99, 30.0):
+        y = voice(seconds, seed=6)
+        whole = f32.padded_mel(y)
+        assert whole.shape == (80, 3000)
+        np.testing.assert_allclose(bf16.padded_mel(y), whole, rtol=0, atol=1e-6)
 
 
 def test_a_model_torch_cannot_run_is_a_load_error(tiny, tmp_path):

@@ -18,7 +18,8 @@ their values are those of the full computation. With ``dtype=float32`` the same 
 CTranslate2's float32 encoder (to ~1e-5; tests/test_whisper.py checks both).
 
 Values do not depend on the thread count (oneDNN splits these products over rows and columns, not
-the reduction; checked for 1 and 2 threads); the caller's torch thread count is used.
+the reduction; checked for 1 and 2 threads), so a call may take the threads of the extractor's pool
+(as CTranslate2's intra-op threads do), whatever torch's setting for the run.
 """
 from __future__ import annotations
 
@@ -68,9 +69,20 @@ class TorchWhisperEncoder:
         self.width = int(self.w["encoder/layer_norm/gamma"].shape[0])
         self.positions = int(self.w["encoder/position_encodings/encodings"].shape[0])
 
-    def encode(self, mel: np.ndarray, rows: int | None = None) -> np.ndarray:
+    def encode(self, mel: np.ndarray, rows: int | None = None, threads: int | None = None) -> np.ndarray:
         """``mel`` (n_mels, T) float32 -> the encoder states (ceil(T/2), D) float32, or only the first
-        ``rows`` of them."""
+        ``rows`` of them; ``threads``: torch's intra-op threads for this call (None: as they are)."""
+        torch = self.torch
+        before = torch.get_num_threads()
+        if threads and threads != before:
+            torch.set_num_threads(threads)
+        try:
+            return self._encode(mel, rows)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    def _encode(self, mel: np.ndarray, rows: int | None) -> np.ndarray:
         torch = self.torch
         F = torch.nn.functional
         w, low, D = self.w, self.dtype, self.width
