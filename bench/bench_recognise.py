@@ -5,7 +5,8 @@
     (by default a clip's audio sets in a worker process while the face sets are computed here; with
     --cache, in one process: both are timed)
 (b) clips/s through a loaded `Recogniser` (models and extractors loaded once), one clip per call and
-    a batch per call (in one process, and with jobs=2: `recognise --jobs 2`), on fresh 2-s clips.
+    a batch per call (in one process, and with jobs=2: `recognise --jobs 2`), on fresh 2-s clips;
+(c) the audio worker's split of the audio sets balanced by measured cost vs all of them in the worker.
 
 The bundle is the offline default system: `ensemble.demo.run_demo` (synthetic clips, the default
 features librosa, egemaps, whisper, hf-text MiniLM, face-au, face-cnn; two runs, ensemble with the paper's
@@ -95,6 +96,21 @@ def main() -> None:
         t0 = time.perf_counter()
         rec.predict_many(clips, jobs=2)
         batch2.append(len(clips) / (time.perf_counter() - t0))
+    worker = rec._audio_worker
+    paired = {True: ([], []), False: ([], [])}
+    if worker is not None:  # (c) the audio worker's balanced split vs every audio set in it, in turn
+        for r in range(args.warm_repeat):
+            for balanced in ((True, False) if r % 2 == 0 else (False, True)):
+                worker.balanced = balanced
+                t0 = time.perf_counter()
+                for c in clips:
+                    rec.predict(c)
+                paired[balanced][0].append(len(clips) / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                rec.predict_many(clips)
+                paired[balanced][1].append(len(clips) / (time.perf_counter() - t0))
+        worker.balanced = True
+        here = [ex.name for ex in worker.audio if ex not in worker.plan()]
     rec.close()
     import torch
 
@@ -108,6 +124,11 @@ def main() -> None:
           f"{cores} cores; medians of {args.warm_repeat}): one clip per call {rate(one)}; a batch of {len(clips)} "
           f"per call {rate(batch)}; with jobs=2 (clips split over two processes) {rate(batch2)}; "
           "target >= 2 clips/s per core")
+    if worker is not None:
+        print(f"(c) the audio worker's sets balanced by measured cost (audio sets computed here: "
+              f"{', '.join(here) or 'none'}) vs all in the worker, in turn: one clip per call "
+              f"{statistics.median(paired[True][0]):.2f} vs {statistics.median(paired[False][0]):.2f} clips/s, a batch "
+              f"{statistics.median(paired[True][1]):.2f} vs {statistics.median(paired[False][1]):.2f} clips/s")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,28 @@
 """The Recogniser's second process: a clip's audio feature sets are computed in one worker process
 while this process computes the others (the face sets, text), instead of one after the other.
 
-Why: on a CPU one 2-s clip of the default bundle costs about 0.5 s of audio work (whisper's padded
-encoder most of it) and 0.3 s of video work, one after the other in one process; with the audio side
-in a worker the two halves use both cores (a loaded Recogniser 1.06-1.12x clips/s, paired; a cold
-one, whose worker starts loading when the Recogniser is created, gained 1.10-1.14x while the face
-side imported torchvision and nothing measurable since: bench/README.md).
+Why: on a CPU one 2-s clip of the default bundle costs about 0.25-0.45 s of audio work (whisper's
+padded encoder most of it: 0.37 s in CTranslate2 float32, 0.16-0.2 s in bfloat16 on a CPU with
+bfloat16 products) and 0.15 s of video work; with the audio side in a worker the two halves use both
+cores. Which audio sets the worker computes is balanced from the seconds per clip the previous
+calls measured (:func:`balance`): with bfloat16 whisper alone outweighs the face side, and eGeMAPS and
+librosa then run here (this process decodes the audio too, about 5 ms per clip); a loaded Recogniser
+on the default bundle, paired: 3.85 vs 2.93 clips/s per batch of 10 (1.31x), 2.52 vs 2.22 one clip
+per call (bench/README.md). The first call puts every audio set in the worker, which loaded their
+models while the bundle loaded (a cold one-clip run loads nothing audio here).
 
-Each stream is still decoded once: the worker decodes the audio, this process the frames. The worker
-writes its sets into a temporary cache of its own (a cache has one writer), whose set folders are then
-moved into the Recogniser's temporary cache; the values are the ones a single process computes (same
-extractors, same configuration; whisper's thread count does not change them). Used only where it
-can help: at least two usable cores, no GPU, a bundle with both audio-only and other sets, and the
-Recogniser's own temporary cache (with ``cache=`` given, one process extracts, so a re-run finds
-every set there). A worker that dies costs nothing but time: its sets are computed here instead.
+Each stream is decoded once per process that needs it: the worker decodes the audio, this process
+the frames (and the audio when an audio set runs here). The worker writes its sets into a temporary
+cache of its own (a cache has one writer), whose set folders are then moved into the Recogniser's
+temporary cache; the values are the ones a single process computes (same extractors, same
+configuration; whisper's thread count does not change them). Used only where it can help: at least
+two usable cores, no GPU, a bundle with both audio-only and other sets, and the Recogniser's own
+temporary cache (with ``cache=`` given, one process extracts, so a re-run finds every set there). A
+worker that dies costs nothing but time: its sets are computed here instead.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -41,6 +47,23 @@ def wanted(extractors, device: str) -> bool:
     return on_cpu and usable_cores() >= 2 and 0 < len(audio) < len(extractors)
 
 
+def balance(audio: dict[str, float], rest: float, audio_decode: float) -> set[str]:
+    """The audio sets (key -> seconds per clip) the worker computes so that the larger of the two
+    processes' shares of a clip is smallest; the others run here beside ``rest`` (seconds per clip of
+    this process's own sets and decode), which then decodes the audio too (``audio_decode``). The
+    worker keeps at least one set; a tie keeps more in the worker."""
+    keys = sorted(audio, key=lambda k: (-audio[k], k))
+    best: tuple[float, set[str]] | None = None
+    for size in range(len(keys), 0, -1):
+        for chosen in itertools.combinations(keys, size):
+            moved = [k for k in keys if k not in chosen]
+            here = rest + sum(audio[k] for k in moved) + (audio_decode if moved else 0.0)
+            span = max(here, sum(audio[k] for k in chosen) + audio_decode)
+            if best is None or span < best[0] - 1e-9:
+                best = (span, set(chosen))
+    return best[1] if best else set()
+
+
 class AudioWorker:
     """One worker process holding the audio extractors, loaded once (it starts loading at once)."""
 
@@ -52,6 +75,34 @@ class AudioWorker:
         self.rest = [ex for ex in extractors if not audio_only(ex)]
         self.decode = decode
         self.warming = local_pool(1).submit(warm, self.audio, os.getpid(), log_path)
+        # seconds per clip of each set and of decoding, as the last call measured them
+        self.costs: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.balanced = True  # False: every audio set in the worker (bench/bench_recognise.py compares)
+
+    def _seen(self, summary, extractors, decode: str) -> None:
+        """Record a run's seconds per clip of each set and of decoding (as ``decode``). A set's first
+        run in a process may include loading its model: the first measurement of each is not kept."""
+        for name, done, seconds in [(ex.key, summary.done.get(ex.key, 0), summary.compute_seconds.get(ex.key, 0.0))
+                                    for ex in extractors] + [(decode, summary.decoded,
+                                                              summary.compute_seconds.get("decode", 0.0))]:
+            if done:
+                where = f"{name} {decode}"
+                self.calls[where] = self.calls.get(where, 0) + 1
+                if self.calls[where] > 1:
+                    self.costs[name] = seconds / done
+
+    def plan(self) -> list:
+        """The audio extractors for the worker this call: all of them until both processes' costs are
+        known, then the split :func:`balance` finds (on a CPU with bfloat16 the default bundle's
+        whisper is cheap enough that eGeMAPS and librosa balance better here)."""
+        known = [ex.key for ex in self.audio] + ["decode audio", "decode here"]
+        if not self.balanced or not all(k in self.costs for k in known):
+            return list(self.audio)
+        rest = sum(self.costs.get(ex.key, 0.0) for ex in self.rest)  # a set no clip could feed costs nothing
+        chosen = balance({ex.key: self.costs[ex.key] for ex in self.audio}, rest + self.costs["decode here"],
+                         self.costs["decode audio"])
+        return [ex for ex in self.audio if ex.key in chosen]
 
     def extract(self, folders: list[Path], cache, run_here) -> None:
         """The audio sets of ``folders`` in the worker while ``run_here(folder, extractors, cache)``
@@ -63,29 +114,32 @@ class AudioWorker:
         from extract.runner import run_extract_warm
 
         side = Path(tempfile.mkdtemp(prefix="moe-recognise-audio-"))
+        there = self.plan()
+        here = self.rest + [ex for ex in self.audio if ex not in there]
         try:
             try:
                 pool = local_pool(1)  # the same worker, or a new one if it was stopped (it loads again)
-                futures = [pool.submit(run_extract_warm, folder, self.audio, side, self.decode, 1)
+                futures = [pool.submit(run_extract_warm, folder, there, side, self.decode, 1)
                            for folder in folders]
             except (BrokenProcessPool, RuntimeError) as exc:  # the pool is gone (a worker died earlier)
                 futures, broken = [], exc
             else:
                 broken = None
             for folder in folders:
-                run_here(folder, self.rest, cache)
+                self._seen(run_here(folder, here, cache), here, "decode here")
             try:
-                for f in futures:
-                    f.result()
+                summaries = [f.result() for f in futures]
             except BrokenProcessPool as exc:
                 broken = exc
             if broken is None and futures:
+                for summary in summaries:
+                    self._seen(summary, there, "decode audio")
                 for key in FeatureCache(side).keys():
                     os.replace(side / key, Path(cache) / key)
                 return
             LOG.warning("the audio worker process stopped (%s): its feature sets are computed here",
                         str(broken) or type(broken).__name__)
             for folder in folders:
-                run_here(folder, self.audio, cache)
+                run_here(folder, there, cache)
         finally:
             shutil.rmtree(side, ignore_errors=True)

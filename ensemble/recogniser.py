@@ -246,8 +246,8 @@ class Recogniser:
                 # the extractors stay loaded between calls (closed by close()): a call then costs the clip,
                 # not loading whisper, MiniLM and MediaPipe again (0.5 s per call with the default bundle)
                 # one process: whisper's pool takes every usable core (its values do not depend on it)
-                run_extract(folder, exs, cache, self._decode, jobs=jobs, progress=progress, keep_loaded=True,
-                            pool_threads=usable_cores() if jobs == 1 else None)
+                return run_extract(folder, exs, cache, self._decode, jobs=jobs, progress=progress, keep_loaded=True,
+                                   pool_threads=usable_cores() if jobs == 1 else None)
 
             if self._audio_worker is not None and own_cache and jobs == 1:
                 self._audio_worker.extract(folders, cache, run_here)

@@ -178,6 +178,47 @@ def test_the_audio_worker_gives_the_one_process_results_and_ends_with_close(medi
     processes.wait_gone(workers, "the audio worker after close()")
 
 
+def test_the_audio_sets_are_split_so_both_processes_take_as_long():
+    from types import SimpleNamespace
+
+    from ensemble.audio_worker import AudioWorker, balance
+
+    audio = {"whisper": 0.16, "egemaps": 0.04, "librosa": 0.01}
+    # whisper alone outweighs the face side: the cheap audio sets move here (which then decodes audio)
+    assert balance(audio, rest=0.10, audio_decode=0.005) == {"whisper"}  # 0.155 here vs 0.165 there
+    assert balance(audio, rest=0.14, audio_decode=0.005) == {"whisper", "librosa"}
+    assert balance(audio, rest=0.17, audio_decode=0.005) == {"whisper", "egemaps"}
+    assert balance(audio, rest=0.30, audio_decode=0.005) == set(audio)  # a heavy face side: all there
+    assert balance({"librosa": 0.5}, rest=0.0, audio_decode=0.0) == {"librosa"}  # the worker keeps one
+    assert balance({"a": 0.1, "b": 0.1}, rest=0.2, audio_decode=0.0) == {"a", "b"}  # a tie: the worker
+
+    ex = {name: SimpleNamespace(key=f"{name}-k") for name in ("whisper", "egemaps", "face-au")}
+    w = object.__new__(AudioWorker)
+    w.audio, w.rest, w.costs, w.calls, w.balanced = [ex["whisper"], ex["egemaps"]], [ex["face-au"]], {}, {}, True
+    assert w.plan() == w.audio  # nothing measured yet: every audio set in the worker
+
+    def call(where, extractors, seconds: dict, clips=2):
+        done = {e.key: clips for e in extractors}
+        w._seen(SimpleNamespace(done=done, decoded=clips, compute_seconds=seconds), extractors, where)
+
+    worker = {"whisper-k": 0.1, "egemaps-k": 0.1, "decode": 0.02}  # 0.05 + 0.05 + 0.01 per clip
+    call("decode audio", w.audio, {**worker, "whisper-k": 9.0})  # the first call: loading, not kept
+    call("decode here", w.rest, {"face-au-k": 9.0, "decode": 0.04})
+    assert w.costs == {} and w.plan() == w.audio
+    call("decode audio", w.audio, worker)
+    call("decode here", w.rest, {"face-au-k": 0.2, "decode": 0.04})
+    assert w.costs == {"whisper-k": 0.05, "egemaps-k": 0.05, "decode audio": 0.01, "face-au-k": 0.1,
+                       "decode here": 0.02}
+    assert w.plan() == w.audio  # 0.11 there vs 0.12 here: moving eGeMAPS would make it 0.18 here
+    call("decode audio", w.audio, {**worker, "whisper-k": 0.3})  # whisper now 0.15 per clip
+    assert w.plan() == [ex["whisper"]]  # 0.16 there, 0.18 here, against 0.21 all there
+    w.balanced = False
+    assert w.plan() == w.audio
+    w.balanced = True
+    call("decode here", [ex["egemaps"]], {"egemaps-k": 9.0, "decode": 0.06})  # its first run here: not kept
+    assert w.costs["egemaps-k"] == 0.05
+
+
 def test_closing_one_recogniser_leaves_the_worker_another_one_uses(media_world, processes):
     from extract.executors import usable_cores
 
