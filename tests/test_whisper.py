@@ -203,6 +203,15 @@ def test_compute_types_per_device(monkeypatch):
         assert build("whisper", device="cpu").in_torch() is native
         assert build("asr", device="cpu").resolved_compute_type() == "float32"
     assert not W.runs_in_torch("cuda", "bfloat16")  # a GPU's bfloat16 is CTranslate2's
+    # resolved once per instance: a copy in a process on another CPU keeps the type of its key
+    import pickle
+
+    monkeypatch.setattr(W, "_NATIVE_BF16", [True])
+    planned = build("whisper", device="cpu")
+    key = planned.key
+    monkeypatch.setattr(W, "_NATIVE_BF16", [False])
+    copy = pickle.loads(pickle.dumps(planned))
+    assert copy.key == key and copy.resolved_compute_type() == "bfloat16" and copy.in_torch()
 
 
 def test_the_cpu_flags_are_read_once(monkeypatch, tmp_path):

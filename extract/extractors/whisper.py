@@ -444,7 +444,12 @@ class FasterWhisperUser:
             return "cpu"  # preflight reports it
 
     def resolved_compute_type(self) -> str:
-        return resolve_compute_type(self.config.compute_type, self.resolved_device(), self.cpu_auto_compute_type())
+        """The type ``auto`` resolves to, once per instance: a copy sent to another process (a Dask
+        worker on another CPU) computes the values of the key it was planned with."""
+        if "_ctype" not in self.__dict__:
+            self._ctype = resolve_compute_type(self.config.compute_type, self.resolved_device(),
+                                               self.cpu_auto_compute_type())
+        return self._ctype
 
     def whisper_load(self):
         if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
