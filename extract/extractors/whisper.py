@@ -30,7 +30,7 @@ clip one at a time (bounded memory); the pooled statistics run over every frame 
 the CPU has bfloat16 dot products (AVX512_BF16 or AMX on x86, BF16 on ARM) and PyTorch is installed,
 else :data:`CPU_COMPUTE_TYPE` (float32; measured, see there). CTranslate2's CPU backend has no
 bfloat16, so ``bfloat16`` on the CPU runs the encoder in PyTorch on the same weights
-(whisper_torch.py): 0.23 vs 0.37 s per padded clip, as accurate on EmoDB (UAR 0.816 vs 0.812). Any
+(whisper_torch.py): 0.18 vs 0.42 s per padded clip, as accurate on EmoDB (UAR 0.813 vs 0.812). Any
 CTranslate2 type the device supports can be given (int8, int8_float32, int8_float16, float16,
 bfloat16, float32). The resolved type (and the PyTorch runtime) is part of the feature key: int8,
 bfloat16 and float32 values never mix. ``cpu_threads`` does not change the values (checked bit for
@@ -72,7 +72,7 @@ DEFAULT_PAD = True
 CPU_COMPUTE_TYPE = "float32"
 #: the encoder's CPU type of compute_type=auto where the CPU has bfloat16 dot products (PyTorch runs
 #: it: CTranslate2's CPU backend has none): bench/bench_whisper_bf16.py, EmoDB as above, one thread,
-#: padded: UAR 0.816 vs 0.812 float32, 0.23 vs 0.37 s per clip (medians, an AMD EPYC with AVX512_BF16)
+#: padded: UAR 0.813 vs 0.812 float32, 0.18 vs 0.42 s per clip (medians, an AMD EPYC with AVX512_BF16)
 CPU_BF16_COMPUTE_TYPE = "bfloat16"
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo: x86 flags, ARM features
 

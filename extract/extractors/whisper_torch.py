@@ -5,9 +5,9 @@ int8 and int8_float32).
 Why: the padded encoder of tiny.en (30-s window, 1500 positions) costs 0.37-0.41 s of one core per clip
 in CTranslate2 float32 (int8 is no faster: attention stays float32), at the core's float32 matmul
 peak. On a CPU with bfloat16 dot products (AVX512_BF16, AMX) PyTorch's bfloat16 matmuls run ~5x
-faster: the extractor's 0.37 s per clip (median, mel included) becomes 0.23 s. On EmoDB (408 clips,
+faster: the extractor's 0.42 s per clip (median, mel included) becomes 0.18 s. On EmoDB (408 clips,
 leave-one-speaker-out, pooled mean+std, tuned logistic regression; bench/bench_whisper_bf16.py) it is
-as accurate: UAR 0.816 vs 0.812 for CTranslate2 float32; the pooled values moved by a median 0.013
+as accurate: UAR 0.813 vs 0.812 for CTranslate2 float32; the pooled values moved by a median 0.013
 (99th percentile 0.065) of each value's spread over the clips.
 
 What runs in bfloat16: the convolutions, every linear layer, the attention products and softmax
