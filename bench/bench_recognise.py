@@ -54,6 +54,9 @@ def main() -> None:
               f"{time.time() - t0:.0f} s -> {bundle}")
     else:
         bundle = Path(args.bundle)
+    from extract.extractors.whisper import cpu_has_bf16, encoder_cpu_auto
+
+    print(f"this CPU: bfloat16 products {cpu_has_bf16()}; whisper's compute_type=auto here: {encoder_cpu_auto()}")
     classes = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
     fresh = make_fresh_clips(work / "fresh", [classes[i % len(classes)] for i in range(args.clips)], seed=123)
     clips = sorted(fresh.glob("*.mp4"))
