@@ -36,6 +36,12 @@ def labels_csv(work: Path) -> tuple[Path, dict, dict]:
     return out, {r["name"]: r["emotion"] for r in rows}, {r["name"]: r["speaker"] for r in rows}
 
 
+def emodb_clips() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """EmoDB's clip ids (sorted) with their emotions and speakers, for scripts that need no labels file."""
+    rows = sorted(csv.DictReader(open(EMODB / "labels.csv", encoding="utf-8")), key=lambda r: r["name"])
+    return [r["name"] for r in rows], np.array([r["emotion"] for r in rows]), np.array([r["speaker"] for r in rows])
+
+
 def scores(y, p) -> tuple[float, float]:
     from sklearn.metrics import balanced_accuracy_score, f1_score
 

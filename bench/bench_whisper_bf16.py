@@ -12,13 +12,11 @@ bfloat16 on the CPU is `whisper`'s compute_type=auto where the CPU has bfloat16 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench_emodb import EMODB, labels_csv, logreg_loso, scores
+from bench_emodb import EMODB, emodb_clips, logreg_loso, scores
 
 
 def main() -> None:
@@ -35,10 +33,7 @@ def main() -> None:
     from extract.extractors import whisper as W
 
     registry.load_all()
-    _, label, speaker = labels_csv(Path(tempfile.mkdtemp(prefix="bench-whisper-bf16-")))
-    ids = sorted(label)[: args.clips or None]
-    y = np.array([label[i] for i in ids])
-    spk = np.array([speaker[i] for i in ids])
+    ids, y, spk = (part[: args.clips or None] for part in emodb_clips())
     variants = {"CTranslate2 float32": registry.build("whisper:compute_type=float32", device="cpu"),
                 "PyTorch bfloat16": registry.build("whisper:compute_type=bfloat16", device="cpu")}
     torch.set_num_threads(1)

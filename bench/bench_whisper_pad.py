@@ -11,13 +11,11 @@ extractor to P seconds to measure what the values in between would give.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench_emodb import EMODB, labels_csv, logreg_loso, scores
+from bench_emodb import EMODB, emodb_clips, logreg_loso, scores
 
 
 def main() -> None:
@@ -32,10 +30,7 @@ def main() -> None:
     from extract import media, registry
 
     registry.load_all()
-    _, label, speaker = labels_csv(Path(tempfile.mkdtemp(prefix="bench-whisper-pad-")))
-    ids = sorted(label)
-    y = np.array([label[i] for i in ids])
-    spk = np.array([speaker[i] for i in ids])
+    ids, y, spk = emodb_clips()
     clips = [media.decode(EMODB / "wav" / f"{i}.wav", i, ("audio",)) for i in ids]
     ex = registry.build("whisper")
     ex.run_threads = 1
