@@ -451,17 +451,22 @@ class FasterWhisperUser:
                                                self.cpu_auto_compute_type())
         return self._ctype
 
-    def whisper_load(self):
-        if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
+    def whisper_load_once(self, load):
+        """``load()``, remembering its ModelLoadError: a failed load is not retried for every clip."""
+        if getattr(self, "_load_error", None):
             raise ModelLoadError(self._load_error)
         try:
-            # the run's thread budget (--threads, or the Recogniser's cores), not up to 4 per process
-            # (the same values: cpu_threads does not change them and is not part of the key)
-            self.whisper = load_whisper_model(self.whisper_ref(), self.device, self.config.compute_type,
-                                              self.config.cpu_threads or self.run_threads or 0)
+            return load()
         except ModelLoadError as exc:
             self._load_error = str(exc)
             raise
+
+    def whisper_load(self):
+        # the run's thread budget (--threads, or the Recogniser's cores), not up to 4 per process
+        # (the same values: cpu_threads does not change them and is not part of the key)
+        threads = self.config.cpu_threads or self.run_threads or 0
+        self.whisper = self.whisper_load_once(
+            lambda: load_whisper_model(self.whisper_ref(), self.device, self.config.compute_type, threads))
         return self.whisper
 
     def whisper_model_provenance(self) -> dict:
@@ -556,13 +561,7 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
 
     def load(self) -> None:
         if self.in_torch():
-            if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
-                raise ModelLoadError(self._load_error)
-            try:
-                self.encoder, self.features = load_torch_encoder(self.whisper_ref())
-            except ModelLoadError as exc:
-                self._load_error = str(exc)
-                raise
+            self.encoder, self.features = self.whisper_load_once(lambda: load_torch_encoder(self.whisper_ref()))
         else:
             self.encoder = None
             self.features = self.whisper_load().feature_extractor
