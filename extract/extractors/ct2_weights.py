@@ -32,7 +32,8 @@ class CT2Weights:
     dtypes: dict = field(default_factory=dict)  # name -> dtype name as stored
 
     def float32(self, name: str) -> np.ndarray:
-        """A stored floating-point variable as float32 (bfloat16 bits widened exactly)."""
+        """A stored floating-point variable as a new, writable float32 array (bfloat16 bits widened
+        exactly)."""
         if name not in self.variables:
             raise CT2FormatError(f"the model has no variable {name!r}")
         a, dt = self.variables[name], self.dtypes[name]

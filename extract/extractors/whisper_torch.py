@@ -55,17 +55,13 @@ class TorchWhisperEncoder:
         if not self.layers:
             raise CT2FormatError(f"{model_dir}: no encoder layers in model.bin")
 
-        def tensor(name: str, low: bool):  # low: the dtype the products run in
-            t = torch.from_numpy(weights.float32(name).copy())
-            return t.to(self.dtype) if low else t
-
         self.w = {}
         for name in weights.variables:
             if name == "encoder/num_heads":
                 continue
+            t = torch.from_numpy(weights.float32(name))  # a new array: float32() widens or copies
             # matmul / convolution operands in the low dtype; norms and positions stay float32
-            low = "/linear_" in name or name.startswith("encoder/conv")
-            self.w[name] = tensor(name, low)
+            self.w[name] = t.to(self.dtype) if "/linear_" in name or name.startswith("encoder/conv") else t
         self.width = int(self.w["encoder/layer_norm/gamma"].shape[0])
         self.positions = int(self.w["encoder/position_encodings/encodings"].shape[0])
 
