@@ -77,7 +77,7 @@ class AudioWorker:
         self.warming = local_pool(1).submit(warm, self.audio, os.getpid(), log_path)
         # seconds per clip of each set and of decoding, as the last call measured them
         self.costs: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
+        self.calls: dict[tuple[str, str], int] = {}  # (set or decode, which process) -> runs seen
         self.balanced = True  # False: every audio set in the worker (bench/bench_recognise.py compares)
 
     def _seen(self, summary, extractors, decode: str) -> None:
@@ -87,9 +87,8 @@ class AudioWorker:
                                     for ex in extractors] + [(decode, summary.decoded,
                                                               summary.compute_seconds.get("decode", 0.0))]:
             if done:
-                where = f"{name} {decode}"
-                self.calls[where] = self.calls.get(where, 0) + 1
-                if self.calls[where] > 1:
+                self.calls[name, decode] = self.calls.get((name, decode), 0) + 1
+                if self.calls[name, decode] > 1:
                     self.costs[name] = seconds / done
 
     def plan(self) -> list:
