@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache import Feature
+from ..librosa_import import import_librosa
 from ..registry import ExtractionError, Extractor, register
 
 STATS = ("mean", "std", "min", "max")
@@ -74,7 +75,7 @@ def _pool(x: np.ndarray) -> np.ndarray:
 def spectral_rows(mag: np.ndarray, sr: int, n_fft: int, zcr: np.ndarray) -> np.ndarray:
     """The spectral-shape rows of the frames of a magnitude spectrogram: RMS, centroid, bandwidth,
     rolloff, flatness, the given zero-crossing rate and contrast (whole-clip and chunked paths alike)."""
-    import librosa
+    librosa = import_librosa()
 
     return np.vstack([
         librosa.feature.rms(S=mag, frame_length=n_fft),
@@ -125,7 +126,7 @@ class LibrosaExtractor(Extractor):
 
     def _extract_whole(self, clip):
         """The clip in one piece (audio up to CHUNK_SECONDS): the reference computation."""
-        import librosa
+        librosa = import_librosa()
 
         c = self.config
         y, sr = clip.audio, clip.sample_rate
@@ -152,7 +153,7 @@ class LibrosaExtractor(Extractor):
         return Feature(data=np.concatenate([_pool(rows), extra]).astype(np.float32))
 
     def _pitch(self, y, sr, n_fft, hop):
-        import librosa
+        librosa = import_librosa()
 
         c = self.config
         frame_length = self._pitch_frame_length(sr, n_fft)
@@ -173,7 +174,7 @@ class LibrosaExtractor(Extractor):
     def _extract_chunked(self, clip):
         """The same features and statistics as :meth:`_extract_whole`, over chunks of CHUNK_SECONDS
         read one at a time (see the module docstring for why the values agree)."""
-        import librosa
+        librosa = import_librosa()
 
         c = self.config
         sr = clip.sample_rate
@@ -232,7 +233,7 @@ class LibrosaExtractor(Extractor):
 
     def _pitch_chunk(self, segment, f0: int, f1: int, total: int, sr: int, hop: int, length: int):
         """(f0, voiced, rms) of frames f0..f1-1; yin's voicing is decided later, over the whole clip."""
-        import librosa
+        librosa = import_librosa()
 
         c = self.config
         if c.pitch == "pyin":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache import Feature
+from ..librosa_import import import_librosa
 from ..registry import ExtractionError, register
 from .hf_common import LAYER_CHOICES, HFExtractor, ModelLoadError, encoder_of, validate_common
 
@@ -74,7 +75,7 @@ class HFAudioExtractor(HFExtractor):
         if clip.audio is None:
             raise ExtractionError(clip.missing.get("audio", "no audio"))
         if clip.sample_rate != self.rate:  # resampled whole (a resampler has no chunk borders)
-            import librosa
+            librosa = import_librosa()
 
             audio = librosa.resample(np.asarray(clip.audio, dtype=np.float32), orig_sr=clip.sample_rate,
                                      target_sr=self.rate)

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..cache import Feature
 from ..checksum import sha256_file
+from ..librosa_import import import_librosa
 from ..registry import ExtractionError, Extractor, library_versions, register
 from .hf_common import ModelLoadError, resolve_device
 
@@ -57,6 +58,7 @@ def import_resemblyzer():
                              "(--no-deps: its metadata pins the `typing` backport and the webrtcvad source package)")
     with warnings.catch_warnings():  # resemblyzer imports scipy.ndimage.morphology, a deprecated namespace
         warnings.simplefilter("ignore", DeprecationWarning)
+        import_librosa()  # resemblyzer imports librosa: its numba helpers compile under the lock
         import resemblyzer
         import resemblyzer.audio  # noqa: F401
     return resemblyzer
@@ -193,7 +195,7 @@ class SpeakerExtractor(Extractor):
         if clip.audio is None:
             raise ExtractionError(clip.missing.get("audio", "no audio"))
         if clip.sample_rate != SAMPLE_RATE:
-            import librosa
+            librosa = import_librosa()
 
             audio = librosa.resample(np.asarray(clip.audio, np.float32), orig_sr=clip.sample_rate,
                                      target_sr=SAMPLE_RATE)

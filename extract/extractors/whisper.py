@@ -49,6 +49,7 @@ import numpy as np
 
 from ..cache import Feature
 from ..checksum import sha256_file
+from ..librosa_import import import_librosa
 from ..registry import ExtractionError, Extractor, library_versions, register
 from .hf_common import ModelLoadError, folder_checksum, looks_like_path
 
@@ -576,7 +577,7 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         if clip.audio is None:
             raise ExtractionError(clip.missing.get("audio", "no audio"))
         if clip.sample_rate != SAMPLE_RATE:  # resampled whole (a resampler has no chunk borders)
-            import librosa
+            librosa = import_librosa()
 
             audio = librosa.resample(np.asarray(clip.audio, np.float32), orig_sr=clip.sample_rate,
                                      target_sr=SAMPLE_RATE)

@@ -1,0 +1,57 @@
+"""librosa's numba helpers compile under a machine-wide lock (extract/librosa_import.py)."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SLOW_MODULE = """
+import os, time
+start = time.time()
+time.sleep(1.0)  # stands for numba compiling into its cache
+with open(os.environ["IMPORT_LOG"], "a") as f:
+    f.write(f"{start} {time.time()}\\n")
+"""
+
+
+def test_two_processes_import_one_after_the_other(tmp_path):
+    """Two processes importing a slow module through locked_import at the same moment: the imports
+    do not overlap in time (without the lock both sleep at once)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "slowmod.py").write_text(SLOW_MODULE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "mods"), str(ROOT)]),
+               NUMBA_CACHE_DIR=str(tmp_path), IMPORT_LOG=str(tmp_path / "log"))
+    code = "from extract.librosa_import import locked_import; locked_import('slowmod')"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    spans = sorted(tuple(map(float, line.split())) for line in (tmp_path / "log").read_text().splitlines())
+    assert len(spans) == 2
+    assert spans[1][0] >= spans[0][1], spans
+    assert any(p.name.startswith("moe-emotion-numba-") for p in tmp_path.iterdir())
+
+
+def test_lock_in_an_unwritable_folder_still_imports(tmp_path, monkeypatch):
+    from extract import librosa_import
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "no" / "such" / "folder"))
+    monkeypatch.delitem(sys.modules, "json.tool", raising=False)
+    mod = librosa_import.locked_import("json.tool")
+    assert mod.__name__ == "json.tool"
+
+
+def test_package_imports_librosa_only_through_the_lock():
+    """No module of the package imports librosa directly (a direct import compiles unlocked)."""
+    offenders = []
+    for path in ROOT.glob("*/**/*.py"):
+        if path.parts[len(ROOT.parts)] in ("tests", "bench") or path.name == "librosa_import.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "librosa" or n.startswith("librosa.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
