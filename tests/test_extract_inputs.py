@@ -278,6 +278,13 @@ def _gone(proc) -> bool:
         return True
 
 
+def _describe(proc) -> str:
+    try:
+        return f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:160]} threads={proc.num_threads()}"
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return str(proc.pid)
+
+
 def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     import signal
     import subprocess
@@ -318,7 +325,7 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
         deadline = time.time() + 8
         while time.time() < deadline and not all(_gone(p) for p in descendants):
             time.sleep(0.1)
-        left = [p.pid for p in descendants if not _gone(p)]
+        left = [_describe(p) for p in descendants if not _gone(p)]
         assert not left, f"processes {left} outlived their killed parent"
     finally:
         for p in [main, *workers]:
