@@ -255,6 +255,35 @@ def test_the_torch_encoder_reproduces_ctranslate2(tiny, pad, monkeypatch):
     assert 0 < rel < 0.05  # bfloat16 products: close, not equal
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_padded_windows_constant_tail_is_convolved_once_with_the_same_values(tiny, dtype):
+    """_front convolves the columns before a constant tail + a few of it and repeats the one constant
+    row: the whole window's convolutions up to the kernels' rounding, wherever the tail starts (none,
+    all, odd, near the end; a row placed one off would differ by far more), and the encoder's output
+    with it."""
+    import torch
+
+    from extract.extractors.whisper_torch import TAIL_CONTEXT, TorchWhisperEncoder
+
+    enc = TorchWhisperEncoder(tiny, dtype)
+    tol = 2 ** -7 if dtype == "bfloat16" else 1e-5  # 2 units in the last place of bfloat16
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for start in (0, 1, 2, 201, 1000, 3000 - TAIL_CONTEXT - 1, 3000 - TAIL_CONTEXT, 2995, 3000):
+            mel = rng.standard_normal((80, 3000)).astype(np.float32)
+            mel[:, start:] = -0.5
+            want = enc._convolutions(mel).float()
+            torch.testing.assert_close(enc._front(mel).float(), want, rtol=tol, atol=tol * want.abs().max().item())
+        odd = rng.standard_normal((80, 201)).astype(np.float32)
+        odd[:, 50:] = 0.25
+        assert torch.equal(enc._front(odd), enc._convolutions(odd))  # an odd length: the whole computation
+    mel = tiny_mel(tiny, voice(2.0, seed=3), pad=True)  # a real padded window: its tail is constant
+    full = TorchWhisperEncoder(tiny, dtype)
+    full._front = full._convolutions
+    want = full.encode(mel, rows=100)
+    np.testing.assert_allclose(enc.encode(mel, rows=100), want, rtol=0, atol=20 * tol * np.abs(want).max())
+
+
 def test_bfloat16_on_the_cpu_runs_in_torch_with_its_own_key(tiny):
     import torch
 
