@@ -159,6 +159,47 @@ def watch_parent(parent: int | None, poll: float = 0.5) -> None:
     import threading
 
     threading.Thread(target=watch, name="moe-parent-watchdog", daemon=True).start()
+    _watch_from_outside(parent, direct, poll)
+
+
+#: the outside watchdog (POSIX sh; builtins but sleep). It ends with the worker; it kills the worker
+#: once the main process is gone: Linux, a direct child: the worker's /proc stat names another parent
+#: (re-parented, so a zombie main process counts as gone); elsewhere: the main process no longer
+#: answers kill -0
+_WATCH_SH = """
+me={me}; parent={parent}
+while :; do
+  if [ {direct} = 1 ] && [ -d /proc/$me ]; then
+    read -r line < /proc/$me/stat 2>/dev/null || exit 0
+    set -- ${{line##*) }}
+    [ "$2" = "$parent" ] || {{ kill -9 $me 2>/dev/null; exit 0; }}
+  else
+    kill -0 $me 2>/dev/null || exit 0
+    kill -0 $parent 2>/dev/null || {{ kill -9 $me 2>/dev/null; exit 0; }}
+  fi
+  sleep {poll}
+done
+"""
+
+
+def _watch_from_outside(parent: int, direct: bool, poll: float) -> None:
+    """A shell loop beside this worker that kills it once the main process is gone. The watchdog
+    thread alone cannot end a worker whose main thread is inside a long call holding the GIL (librosa's
+    pyin Viterbi, numba code without ``nogil``: seconds per call on long audio), so a killed main
+    process left such a worker computing until the call returned. Without a POSIX sh (Windows), the
+    thread is the only watchdog."""
+    import shutil
+    import subprocess
+
+    sh = shutil.which("sh") if os.name == "posix" else None
+    if sh is None:
+        return
+    script = _WATCH_SH.format(me=os.getpid(), parent=int(parent), direct=int(direct), poll=poll)
+    try:
+        subprocess.Popen([sh, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True)
+    except OSError as exc:  # no process to spare: the thread still watches
+        log.debug("no outside watchdog: %s", exc)
 
 
 def _join_run(parent: int | None, log_path: str | None) -> None:

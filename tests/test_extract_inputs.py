@@ -335,6 +335,57 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
                 pass
 
 
+GIL_HOLDING_WORKER = """
+import os, sys, time
+from extract.runner import watch_parent
+watch_parent(os.getppid(), poll=0.2)
+open(sys.argv[1], "w").write(str(os.getpid()))
+sum(range(10 ** 12))  # one C call that never lets the watchdog thread run (as numba code without nogil)
+"""
+
+MAIN_OF_A_WORKER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+time.sleep(600)
+"""
+
+
+def test_a_worker_holding_the_gil_still_ends_with_its_killed_parent(tmp_path):
+    """The watchdog thread cannot run while the worker's main thread holds the GIL (librosa's pyin
+    Viterbi does for seconds): the outside watchdog ends the worker anyway."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    ready = tmp_path / "worker.pid"
+    main = subprocess.Popen([sys.executable, "-c", MAIN_OF_A_WORKER, GIL_HOLDING_WORKER, str(ready)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (ready.exists() and ready.read_text()):
+            time.sleep(0.1)
+        worker = psutil.Process(int(ready.read_text()))
+        time.sleep(0.5)  # inside the long call
+        assert worker.status() != psutil.STATUS_ZOMBIE
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        deadline = time.time() + 8
+        while time.time() < deadline and not _gone(worker):
+            time.sleep(0.1)
+        assert _gone(worker), f"{_describe(worker)} outlived its killed parent"
+    finally:
+        for p in filter(None, [worker]):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        main.kill()
+
+
 # -- F: silence, clipping, shards per clips, and only the tool's own messages on the terminal -------
 
 def write_float_wav(path: Path, audio: np.ndarray, rate: int = 16000) -> Path:
