@@ -50,6 +50,18 @@ class ModelLoadError(RuntimeError):
     """The model cannot be found or loaded; the message names the model and what to do."""
 
 
+def load_once(owner, load):
+    """``load()``, remembering its ModelLoadError on ``owner``: a failed load is raised again for every
+    later clip instead of being retried (a missing model costs one message, not one attempt per clip)."""
+    if getattr(owner, "_load_error", None):
+        raise ModelLoadError(owner._load_error)
+    try:
+        return load()
+    except ModelLoadError as exc:
+        owner._load_error = str(exc)
+        raise
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model comes from (see the module docstring)."""
@@ -319,25 +331,22 @@ class HFExtractor(Extractor):
 
     # -- loading ----------------------------------------------------------------------------
     def load(self) -> None:
-        if getattr(self, "_load_error", None):  # do not retry a failed load for every clip
-            raise ModelLoadError(self._load_error)
-        try:
-            import torch
-            import transformers
+        load_once(self, self._load)  # do not retry a failed load for every clip
 
-            self.torch_device = resolve_device(self.device)
-            self.dtype = torch_dtype(self.config.dtype)
-            ref = self.model_ref()
-            loaders = {name: getattr(transformers, cls) for name, cls in self.loaders.items()}
-            loaded = load_pretrained(ref, loaders, self.modality)
-            for name, obj in loaded.items():
-                setattr(self, name, obj)
-            self.model = self.model.to(device=self.torch_device, dtype=self.dtype).eval()
-            self._torch = torch
-            self.setup()
-        except ModelLoadError as exc:
-            self._load_error = str(exc)
-            raise
+    def _load(self) -> None:
+        import torch
+        import transformers
+
+        self.torch_device = resolve_device(self.device)
+        self.dtype = torch_dtype(self.config.dtype)
+        ref = self.model_ref()
+        loaders = {name: getattr(transformers, cls) for name, cls in self.loaders.items()}
+        loaded = load_pretrained(ref, loaders, self.modality)
+        for name, obj in loaded.items():
+            setattr(self, name, obj)
+        self.model = self.model.to(device=self.torch_device, dtype=self.dtype).eval()
+        self._torch = torch
+        self.setup()
 
     def setup(self) -> None:
         """Called once after loading (choose the encoder, read the processor's limits ...)."""

@@ -38,7 +38,7 @@ from ..cache import Feature
 from ..checksum import sha256_file
 from ..librosa_import import import_librosa
 from ..registry import ExtractionError, Extractor, library_versions, register
-from .hf_common import ModelLoadError, resolve_device
+from .hf_common import ModelLoadError, load_once, resolve_device
 
 SAMPLE_RATE = 16000
 INSTALL = "pip install --no-deps resemblyzer==0.1.4 webrtcvad-wheels"
@@ -158,26 +158,23 @@ class SpeakerExtractor(Extractor):
         super().preflight(load)
 
     def load(self) -> None:
-        if getattr(self, "_load_error", None):
-            raise ModelLoadError(self._load_error)
+        load_once(self, self._load)
+
+    def _load(self) -> None:
+        rz = import_resemblyzer()
+        path = self.weights_path()
+        if self.config.weights is None:
+            got = file_sha256(path)
+            if got != SHIPPED_SHA256:
+                raise ModelLoadError(f"speaker: {path} has sha256 {got}, not the {SHIPPED_SHA256} of resemblyzer "
+                                     f"0.1.4's pretrained.pt; reinstall it ({INSTALL} --force-reinstall)")
+        device = resolve_device(self.device)
         try:
-            rz = import_resemblyzer()
-            path = self.weights_path()
-            if self.config.weights is None:
-                got = file_sha256(path)
-                if got != SHIPPED_SHA256:
-                    raise ModelLoadError(f"speaker: {path} has sha256 {got}, not the {SHIPPED_SHA256} of resemblyzer "
-                                         f"0.1.4's pretrained.pt; reinstall it ({INSTALL} --force-reinstall)")
-            device = resolve_device(self.device)
-            try:
-                self.encoder = rz.VoiceEncoder(device=device, verbose=False, weights_fpath=path)
-            except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict raise several kinds
-                raise ModelLoadError(f"speaker: cannot load VoiceEncoder weights {path}: {exc}") from exc
-            self.encoder.eval()
-            self.audio = rz.audio
-        except ModelLoadError as exc:
-            self._load_error = str(exc)
-            raise
+            self.encoder = rz.VoiceEncoder(device=device, verbose=False, weights_fpath=path)
+        except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict raise several kinds
+            raise ModelLoadError(f"speaker: cannot load VoiceEncoder weights {path}: {exc}") from exc
+        self.encoder.eval()
+        self.audio = rz.audio
 
     def prepare(self, wav: np.ndarray) -> np.ndarray:
         """resemblyzer.preprocess_wav without its resampling: volume up to -30 dBFS, long silences cut

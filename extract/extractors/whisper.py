@@ -51,7 +51,7 @@ from ..cache import Feature
 from ..checksum import sha256_file
 from ..librosa_import import import_librosa
 from ..registry import ExtractionError, Extractor, library_versions, register
-from .hf_common import ModelLoadError, folder_checksum, looks_like_path
+from .hf_common import ModelLoadError, folder_checksum, load_once, looks_like_path
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0  # Whisper's input window
@@ -452,22 +452,12 @@ class FasterWhisperUser:
                                                self.cpu_auto_compute_type())
         return self._ctype
 
-    def whisper_load_once(self, load):
-        """``load()``, remembering its ModelLoadError: a failed load is not retried for every clip."""
-        if getattr(self, "_load_error", None):
-            raise ModelLoadError(self._load_error)
-        try:
-            return load()
-        except ModelLoadError as exc:
-            self._load_error = str(exc)
-            raise
-
     def whisper_load(self):
         # the run's thread budget (--threads, or the Recogniser's cores), not up to 4 per process
         # (the same values: cpu_threads does not change them and is not part of the key)
         threads = self.config.cpu_threads or self.run_threads or 0
-        self.whisper = self.whisper_load_once(
-            lambda: load_whisper_model(self.whisper_ref(), self.device, self.config.compute_type, threads))
+        self.whisper = load_once(
+            self, lambda: load_whisper_model(self.whisper_ref(), self.device, self.config.compute_type, threads))
         return self.whisper
 
     def whisper_model_provenance(self) -> dict:
@@ -562,7 +552,7 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
 
     def load(self) -> None:
         if self.in_torch():
-            self.encoder, self.features = self.whisper_load_once(lambda: load_torch_encoder(self.whisper_ref()))
+            self.encoder, self.features = load_once(self, lambda: load_torch_encoder(self.whisper_ref()))
         else:
             self.encoder = None
             self.features = self.whisper_load().feature_extractor
