@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("moe.extract")
 
 #: librosa's subpackages whose import compiles numba functions (the ones this package uses)
 LIBROSA_COMPILED = ("librosa.util.utils", "librosa.core.audio", "librosa.core.pitch")
@@ -46,6 +46,7 @@ def locked_import(*names: str):
 
         path = lock_path()
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a NUMBA_CACHE_DIR not made yet (numba would)
             lock = FileLock(str(path))
             lock.acquire()
         except OSError as e:

@@ -34,13 +34,20 @@ def test_two_processes_import_one_after_the_other(tmp_path):
     assert any(p.name.startswith("moe-emotion-numba-") for p in tmp_path.iterdir())
 
 
-def test_lock_in_an_unwritable_folder_still_imports(tmp_path, monkeypatch):
+def test_a_cache_folder_not_made_yet_gets_the_lock_and_an_unwritable_one_imports_without(tmp_path, monkeypatch,
+                                                                                          caplog):
     from extract import librosa_import
 
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "no" / "such" / "folder"))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "not" / "made"))
     monkeypatch.delitem(sys.modules, "json.tool", raising=False)
-    mod = librosa_import.locked_import("json.tool")
-    assert mod.__name__ == "json.tool"
+    assert librosa_import.locked_import("json.tool").__name__ == "json.tool"
+    assert librosa_import.lock_path().exists()  # the folder was made and the lock taken there
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "file" / "sub"))  # under a file: no folder possible
+    monkeypatch.delitem(sys.modules, "json.tool", raising=False)
+    with caplog.at_level("WARNING", logger="moe.extract"):
+        assert librosa_import.locked_import("json.tool").__name__ == "json.tool"
+    assert "no lock for numba's cache" in caplog.text
 
 
 def test_package_imports_librosa_only_through_the_lock():
