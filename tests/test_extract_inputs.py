@@ -278,6 +278,16 @@ def _gone(proc) -> bool:
         return True
 
 
+def _left_after(procs, seconds: float) -> list:
+    """The processes of ``procs`` still there (not ended, not a zombie) after up to ``seconds``."""
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and not all(_gone(p) for p in procs):
+        time.sleep(0.1)
+    return [p for p in procs if not _gone(p)]
+
+
 def _describe(proc) -> str:
     try:
         return f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:160]} threads={proc.num_threads()}"
@@ -322,10 +332,7 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
         descendants = main.children(recursive=True)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 8
-        while time.time() < deadline and not all(_gone(p) for p in descendants):
-            time.sleep(0.1)
-        left = [_describe(p) for p in descendants if not _gone(p)]
+        left = [_describe(p) for p in _left_after(descendants, 8)]
         assert not left, f"processes {left} outlived their killed parent"
     finally:
         for p in [main, *workers]:
@@ -373,14 +380,11 @@ def test_a_worker_holding_the_gil_still_ends_with_its_killed_parent(tmp_path):
         assert worker.status() != psutil.STATUS_ZOMBIE
         os.kill(main.pid, signal.SIGKILL)
         main.wait()
-        deadline = time.time() + 8
-        while time.time() < deadline and not _gone(worker):
-            time.sleep(0.1)
-        assert _gone(worker), f"{_describe(worker)} outlived its killed parent"
+        assert not _left_after([worker], 8), f"{_describe(worker)} outlived its killed parent"
     finally:
-        for p in filter(None, [worker]):
+        if worker is not None:
             try:
-                p.kill()
+                worker.kill()
             except psutil.NoSuchProcess:
                 pass
         main.kill()
