@@ -268,3 +268,18 @@ def test_egemaps_loads_without_scanning_every_installed_package():
             "print(len(calls), len(ex.channels()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["0", "88"]
+
+
+def test_egemaps_leaves_nothing_in_the_temp_folder_of_a_killed_process(tmp_path):
+    """A worker killed after extracting (no finaliser runs) left a moe-egemaps-* folder each time."""
+    code = ("import os, numpy as np\n"
+            "from extract import registry; from extract.media import Clip\n"
+            "registry.load_all(); ex = registry.build('egemaps').ensure_loaded()\n"
+            "y = (0.1 * np.sin(np.arange(16000) / 5.0)).astype(np.float32)\n"
+            "print(len(ex.extract(Clip('k', 'k.wav', audio=y)).data), flush=True); os._exit(9)")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TMPDIR": str(scratch)})
+    assert out.stdout.split() == ["88"], out.stderr[-2000:]
+    assert sorted(p.name for p in scratch.iterdir()) == []

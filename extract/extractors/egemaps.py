@@ -22,13 +22,10 @@ Bounded memory:
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,20 +42,9 @@ RING_SECONDS = 10.0
 WINDOW_SECONDS = 300.0
 
 # openSMILE's standard external wave input (shared/standard_external_wave_input.conf.inc) with the
-# wave level as a ring buffer instead of a level that grows to hold the whole signal
-_SOURCE_CONF = """\
-[componentInstances:cComponentManager]
-instance[extsource].type=cExternalAudioSource
-
-[extsource:cExternalAudioSource]
-writer.dmLevel=wave
-writer.levelconf.growDyn=0
-writer.levelconf.isRb=1
-writer.levelconf.nT=\\cm[ringSamples{160000}:wave ring buffer size in samples]
-sampleRate=\\cm[sampleRate{16000}:sample rate]
-nBits=\\cm[nBits{16}:sample bits]
-channels=\\cm[channels{1}:channel size]
-"""
+# wave level as a ring buffer instead of a level that grows to hold the whole signal; a package file,
+# read by openSMILE in place (no temporary copy: a killed worker would leave it behind)
+SOURCE_CONF = Path(__file__).resolve().parents[1] / "assets" / "opensmile_ring_wave_input.conf.inc"
 _SOURCE = "extsource"  # opensmile.config.EXTERNAL_SOURCE_COMPONENT
 _SINK = "extsink"  # opensmile.config.EXTERNAL_OUTPUT_COMPONENT
 
@@ -103,18 +89,9 @@ class EgemapsExtractor(Extractor):
         _name_opensmile_for_audobject()
         self.smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, self.config.feature_set),
                                      feature_level=opensmile.FeatureLevel.Functionals)
-        # the wave input's config, in a private folder removed by close(), when this object goes or
-        # at the process's exit (worker processes are never told to close)
-        conf_dir = tempfile.mkdtemp(prefix="moe-egemaps-")
-        self._remove_conf = weakref.finalize(self, shutil.rmtree, conf_dir, True)
-        self._source_conf = os.path.join(conf_dir, "ring_wave_input.conf.inc")
-        with open(self._source_conf, "w") as f:
-            f.write(_SOURCE_CONF)
-
-    def close(self):
-        remove = self.__dict__.get("_remove_conf")
-        if remove is not None:
-            remove()
+        if not SOURCE_CONF.is_file():
+            raise FileNotFoundError(f"{SOURCE_CONF}: openSMILE's wave input config is missing from the "
+                                    f"installed package (re-install it)")
 
     def channels(self):
         self.ensure_loaded()
@@ -140,11 +117,8 @@ class EgemapsExtractor(Extractor):
         """openSMILE run on samples [start, stop) of the clip's audio, fed block by block (see the
         module docstring)."""
         rate = clip.sample_rate
-        if not os.path.exists(getattr(self, "_source_conf", "")):  # closed, then used again
-            self.loaded = False
-            self.ensure_loaded()
         options = self.smile._options()  # process_signal's options (sink, levels, buffer modes), as it builds them
-        options.update(source=self._source_conf, sampleRate=rate, nBits=16,
+        options.update(source=str(SOURCE_CONF), sampleRate=rate, nBits=16,
                        ringSamples=int(RING_SECONDS * rate))
         smile = self.smile._smile(options=options)
         rows: list[np.ndarray] = []
