@@ -214,6 +214,37 @@ def test_compute_types_per_device(monkeypatch):
     assert copy.key == key and copy.resolved_compute_type() == "bfloat16" and copy.in_torch()
 
 
+def test_a_copy_computes_what_its_key_was_planned_with_on_another_device(tiny, monkeypatch):
+    """device=auto planned where CTranslate2 sees a GPU (float16 in the key), computed in a process
+    without one (a Dask worker): it must refuse to load, not file CPU float32 values under the
+    float16 key; planned on the CPU and computed where a GPU is visible: it loads on the CPU, with the
+    key's type, and its provenance says so."""
+    import pickle
+
+    monkeypatch.setattr(W, "ct2_cuda_devices", lambda: 1)
+    on_gpu = build(f"whisper:model={tiny}", device="auto")
+    assert on_gpu.resolved_compute_type() == "float16"
+    monkeypatch.setattr(W, "ct2_cuda_devices", lambda: 0)
+    worker = pickle.loads(pickle.dumps(on_gpu))
+    assert worker.key == on_gpu.key and worker.load_device() == "cuda"
+    with pytest.raises(ModelLoadError, match="GPU"):
+        worker.ensure_loaded()
+
+    on_cpu = build(f"whisper:model={tiny},compute_type=auto", device="auto")
+    want = on_cpu.resolved_compute_type()  # bfloat16 or float32, as this CPU resolves it
+    monkeypatch.setattr(W, "ct2_cuda_devices", lambda: 1)
+    worker = pickle.loads(pickle.dumps(on_cpu))
+    assert worker.load_device() == "cpu"
+    worker.ensure_loaded()
+    if not worker.in_torch():
+        assert worker.whisper.model.device == "cpu" and worker.whisper.model.compute_type == want
+    got = worker.model_provenance()
+    assert (got["device"], got["compute_type"], got["device_requested"]) == ("cpu", want, "auto")
+    y = voice(1.0)
+    monkeypatch.setattr(W, "ct2_cuda_devices", lambda: 0)
+    np.testing.assert_array_equal(worker.extract(clip_of(y)).pooled, on_cpu.ensure_loaded().extract(clip_of(y)).pooled)
+
+
 def test_the_cpu_flags_are_read_once(monkeypatch, tmp_path):
     monkeypatch.setattr(W, "_NATIVE_BF16", [])
     first = W.cpu_has_bf16()

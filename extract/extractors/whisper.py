@@ -439,10 +439,20 @@ class FasterWhisperUser:
         return CPU_COMPUTE_TYPE
 
     def resolved_device(self) -> str:
-        try:
-            return resolve_ct2_device(self.device)[0]
-        except ModelLoadError:
-            return "cpu"  # preflight reports it
+        """cpu or cuda, as ``self.device`` resolves where the key is planned, once per instance (like
+        the compute type: a copy sent to a Dask worker with or without a GPU computes what its key says)."""
+        if "_cdev" not in self.__dict__:
+            try:
+                self._cdev = resolve_ct2_device(self.device)[0]
+            except ModelLoadError:
+                return "cpu"  # preflight reports it
+        return self._cdev
+
+    def load_device(self) -> str:
+        """The device the model loads on: as requested (cuda:1 stays cuda:1), ``auto`` as it resolved
+        for the key (a worker that cannot give it fails to load, with the reason, instead of filing
+        another device's values under this key)."""
+        return self.resolved_device() if (self.device or "auto").lower() == "auto" else self.device
 
     def resolved_compute_type(self) -> str:
         """The type ``auto`` resolves to, once per instance: a copy sent to another process (a Dask
@@ -457,7 +467,8 @@ class FasterWhisperUser:
         # (the same values: cpu_threads does not change them and is not part of the key)
         threads = self.config.cpu_threads or self.run_threads or 0
         self.whisper = load_once(
-            self, lambda: load_whisper_model(self.whisper_ref(), self.device, self.config.compute_type, threads))
+            self, lambda: load_whisper_model(self.whisper_ref(), self.load_device(), self.resolved_compute_type(),
+                                             threads))
         return self.whisper
 
     def whisper_model_provenance(self) -> dict:
@@ -465,7 +476,9 @@ class FasterWhisperUser:
             ref = self.whisper_ref()
         except ModelLoadError as exc:
             ref = exc
-        return whisper_provenance(ref, self.device, self.config.compute_type, self.cpu_auto_compute_type())
+        out = whisper_provenance(ref, self.load_device(), self.resolved_compute_type())  # what the key says
+        out.update(device_requested=self.device, compute_type_requested=self.config.compute_type)
+        return out
 
 
 def validate_runtime_options(config) -> None:
