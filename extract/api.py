@@ -136,22 +136,35 @@ def extract(video_dir: str | os.PathLike, cache: str | os.PathLike = DEFAULT_CAC
     cfg = config_from(config, **overrides)
     load_all()
     decode = cfg.decode_config()
-    # "auto" is resolved where a model loads, so signal-only runs never import torch
-    extractors = [build(spec, decode=decode, device=cfg.device) for spec in cfg.specs()]
+    device = resolved_device(cfg.device, cfg.scheduler)
+    # "auto" is resolved where a model loads, so signal-only runs never import torch; on a cluster
+    # every worker computes what the run planned (the keys): the device as resolved for the cluster
+    from .executors import parse_scheduler
+
+    planned = device if parse_scheduler(cfg.scheduler) is not None else cfg.device
+    extractors = [build(spec, decode=decode, device=planned) for spec in cfg.specs()]
     texts = load_transcripts(cfg.transcripts, cfg.text_column) if cfg.transcripts else {}
     return run_extract(video_dir, extractors, cache, decode, texts, cfg.transcripts, jobs=cfg.jobs,
                        threads=cfg.threads, retry_failed=cfg.retry_failed, flush_every=cfg.flush_every,
                        progress=cfg.progress, extensions=cfg.extensions, verbose=cfg.verbose, scheduler=cfg.scheduler,
-                       device=resolved_device(cfg.device, cfg.scheduler), shard=parse_shard(cfg.shard))
+                       device=device, shard=parse_shard(cfg.shard))
 
 
 def resolved_device(device: str, scheduler: str | None) -> str:
     """The device the executor plans for (GPU assignment, resources). Without a scheduler, or with
     --device cpu, nothing needs to know: "auto" is resolved where a model loads, so signal-only runs
-    never import torch."""
+    never import torch. An existing cluster is asked (its workers' declared GPU resources), not this
+    machine; a local one is this machine."""
+    from .executors import SchedulerError, cluster_device, gpu_visible, parse_scheduler
+
     if device == "cpu" or not scheduler:  # local processes: each extractor resolves (and checks) its device
         return "cpu"
-    from .executors import gpu_visible
+    try:
+        kind, address = parse_scheduler(scheduler) or (None, None)
+        if kind == "address":
+            return cluster_device(address, device)
+    except SchedulerError as exc:
+        raise UsageError(str(exc)) from None
 
     if device == "auto" and not gpu_visible():  # no NVIDIA driver: cpu, without importing torch (1-2 s)
         return "cpu"

@@ -419,6 +419,28 @@ class DaskExecutor:
                 cluster.close()
 
 
+def cluster_device(address: str, device: str, timeout: str = "20s") -> str:
+    """cpu or cuda: what a run on the existing cluster at ``address`` plans for (its feature keys, the
+    clips' resources), read from the workers' declared resources, not this process's hardware (a
+    login node without a GPU drives GPU workers). ``auto``: cuda when there are workers and every
+    one declares a ``GPU`` resource, else cpu; ``cuda``: refused when workers are there and none
+    declares one (the clips would wait for ever); none yet (a cluster that scales up): as asked."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=timeout, set_as_default=False) as client:
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc})") from None
+    with_gpu = [w for w in workers.values() if (w.get("resources") or {}).get("GPU")]
+    if device == "cuda":
+        if workers and not with_gpu:
+            raise SchedulerError(f"--device cuda: none of the {len(workers)} worker(s) of {address} declares a "
+                                 "GPU resource (start them with --resources GPU=1, or use dask-cuda-worker)")
+        return "cuda"
+    return "cuda" if workers and len(with_gpu) == len(workers) else "cpu"
+
+
 def start_cluster(scheduler: str | None, device: str) -> "DaskExecutor | None":
     """The Dask executor of a run with ``--scheduler`` (started before the run checks and plans, so
     its workers can warm up meanwhile); None without one."""

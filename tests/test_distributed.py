@@ -174,6 +174,30 @@ def test_a_dask_client_on_a_machine_without_gpu_does_not_import_torch_to_choose_
     assert out.stdout.split() == ["cpu", "False"]
 
 
+def test_an_existing_cluster_s_device_is_read_from_its_workers_not_from_this_machine():
+    """A login node without a GPU drives GPU workers: --device cuda is not refused here, auto is
+    cuda only when every worker declares a GPU, and cuda is refused when no worker declares one
+    (its clips would wait for ever)."""
+    from distributed import LocalCluster
+
+    from extract.api import resolved_device
+    from extract.runner import UsageError
+
+    def cluster(n, resources=None):
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                            dashboard_address=None, silence_logs=50, resources=resources)
+
+    with cluster(2, {"GPU": 1}) as gpus, cluster(1) as cpus, cluster(0) as empty:
+        assert resolved_device("cuda", gpus.scheduler_address) == "cuda"
+        assert resolved_device("auto", gpus.scheduler_address) == "cuda"
+        assert resolved_device("auto", cpus.scheduler_address) == "cpu"
+        assert resolved_device("cpu", gpus.scheduler_address) == "cpu"
+        with pytest.raises(UsageError, match="none of the 1 worker.*declares a GPU resource"):
+            resolved_device("cuda", cpus.scheduler_address)
+        assert resolved_device("auto", empty.scheduler_address) == "cpu"  # nothing to ask yet
+        assert resolved_device("cuda", empty.scheduler_address) == "cuda"  # workers with GPUs may come
+
+
 def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(clips, local_run, tmp_path):
     from distributed import Client, LocalCluster
 

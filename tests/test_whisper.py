@@ -229,6 +229,8 @@ def test_a_copy_computes_what_its_key_was_planned_with_on_another_device(tiny, m
     assert worker.key == on_gpu.key and worker.load_device() == "cuda"
     with pytest.raises(ModelLoadError, match="GPU"):
         worker.ensure_loaded()
+    # --device cuda asked by a client without a GPU (for its Dask GPU workers): planned for cuda
+    assert build(f"whisper:model={tiny}", device="cuda").resolved_compute_type() == "float16"
 
     on_cpu = build(f"whisper:model={tiny},compute_type=auto", device="auto")
     want = on_cpu.resolved_compute_type()  # bfloat16 or float32, as this CPU resolves it

@@ -441,6 +441,9 @@ class FasterWhisperUser:
     def resolved_device(self) -> str:
         """cpu or cuda, as ``self.device`` resolves where the key is planned, once per instance (like
         the compute type: a copy sent to a Dask worker with or without a GPU computes what its key says)."""
+        requested = (self.device or "auto").lower()
+        if requested != "auto":  # as asked (a Dask client without a GPU plans for its GPU workers)
+            return "cuda" if requested.startswith("cuda") else "cpu"
         if "_cdev" not in self.__dict__:
             try:
                 self._cdev = resolve_ct2_device(self.device)[0]
