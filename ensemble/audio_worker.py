@@ -82,10 +82,13 @@ class AudioWorker:
 
     def _seen(self, summary, extractors, decode: str) -> None:
         """Record a run's seconds per clip of each set and of decoding (as ``decode``). A set's first
-        run in a process may include loading its model: the first measurement of each is not kept."""
-        for name, done, seconds in [(ex.key, summary.done.get(ex.key, 0), summary.compute_seconds.get(ex.key, 0.0))
-                                    for ex in extractors] + [(decode, summary.decoded,
-                                                              summary.compute_seconds.get("decode", 0.0))]:
+        run in a process may include loading its model: the first measurement of each is not kept.
+        This process's decoding is kept only from calls that decoded no audio here (``balance`` adds the
+        audio's decoding to it when it moves sets here: counted twice, the next split would be off)."""
+        seen = [(ex.key, summary.done.get(ex.key, 0), summary.compute_seconds.get(ex.key, 0.0)) for ex in extractors]
+        if decode != "decode here" or not any(ex in self.audio for ex in extractors):
+            seen.append((decode, summary.decoded, summary.compute_seconds.get("decode", 0.0)))
+        for name, done, seconds in seen:
             if done:
                 self.calls[name, decode] = self.calls.get((name, decode), 0) + 1
                 if self.calls[name, decode] > 1:

@@ -217,6 +217,9 @@ def test_the_audio_sets_are_split_so_both_processes_take_as_long():
     w.balanced = True
     call("decode here", [ex["egemaps"]], {"egemaps-k": 9.0, "decode": 0.06})  # its first run here: not kept
     assert w.costs["egemaps-k"] == 0.05
+    # this process decoded audio too (eGeMAPS ran here): its decoding is not this process's own
+    call("decode here", [ex["face-au"], ex["egemaps"]], {"face-au-k": 0.2, "egemaps-k": 0.1, "decode": 0.06})
+    assert w.costs["decode here"] == 0.02 and w.costs["egemaps-k"] == 0.05
 
 
 def test_closing_one_recogniser_leaves_the_worker_another_one_uses(media_world, processes):
