@@ -11,54 +11,17 @@ from click.testing import CliRunner
 from extract.cache import FeatureCache
 from extract.media import Clip
 from extract.registry import ExtractionError, SpecError, build, load_all
+from tiny_models import save_tiny_hf_whisper
 
 load_all()
 torch = pytest.importorskip("torch")
 tr = pytest.importorskip("transformers")
 
 
-def byte_bpe(texts, specials, vocab_size=300):
-    """A byte-level BPE tokenizer trained on ``texts``; special tokens get the LAST ids, as in
-    Whisper (where ids above <|notimestamps|> are timestamps)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
-    return tok
-
-
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-whisper")
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    byte_bpe(["hello world, this is a test of speech recognition"], specials).save(str(d / "tokenizer.json"))
-    tok = tr.WhisperTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), unk_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
-    proc = tr.WhisperProcessor(feature_extractor=tr.WhisperFeatureExtractor(feature_size=80), tokenizer=tok)
-    cfg = tr.WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=16, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, max_source_positions=1500, max_target_positions=64,
-                           decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-                           pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
-                           begin_suppress_tokens=None, suppress_tokens=None)
-    torch.manual_seed(0)
-    model = tr.WhisperForConditionalGeneration(cfg)
-    gc = model.generation_config
-    gc.lang_to_id = {"<|en|>": ids["<|en|>"], "<|zh|>": ids["<|zh|>"]}
-    gc.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-    gc.no_timestamps_token_id = ids["<|notimestamps|>"]
-    gc.decoder_start_token_id = ids["<|startoftranscript|>"]
-    gc.is_multilingual = True
-    gc._from_model_config = False
-    model.save_pretrained(d)
-    proc.save_pretrained(d)
-    return d
+    return save_tiny_hf_whisper(tmp_path_factory.mktemp("tiny-whisper"),
+                                "hello world, this is a test of speech recognition")
 
 
 def audio_clip(seconds, cid="a", seed=0):

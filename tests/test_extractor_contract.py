@@ -30,6 +30,7 @@ from extract.cache import Feature
 from extract.media import Clip
 from extract.registry import REGISTRY, ExtractionError, Extractor, build, describe, load_all
 from extract.runner import Task, _process
+from tiny_models import save_tiny_hf_whisper
 
 load_all()
 KINDS = ("vector", "layers", "series", "record")
@@ -71,41 +72,7 @@ def tiny_clip_vision(d):
 
 def tiny_whisper(d):
     """A random Whisper with a byte-level BPE tokenizer (Whisper's special tokens last), as in test_asr."""
-    import torch
-    import transformers as tr
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bpe.add_special_tokens([AddedToken(s, special=True) for s in specials])
-    bpe.save(str(d / "tokenizer.json"))
-    tok = tr.WhisperTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), unk_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
-    proc = tr.WhisperProcessor(feature_extractor=tr.WhisperFeatureExtractor(feature_size=80), tokenizer=tok)
-    cfg = tr.WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=16, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, max_source_positions=1500, max_target_positions=64,
-                           decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-                           pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
-                           begin_suppress_tokens=None, suppress_tokens=None)
-    torch.manual_seed(0)
-    model = tr.WhisperForConditionalGeneration(cfg)
-    gc = model.generation_config
-    gc.lang_to_id = {"<|en|>": ids["<|en|>"], "<|zh|>": ids["<|zh|>"]}
-    gc.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-    gc.no_timestamps_token_id = ids["<|notimestamps|>"]
-    gc.decoder_start_token_id = ids["<|startoftranscript|>"]
-    gc.is_multilingual = True
-    gc._from_model_config = False
-    model.save_pretrained(d)
-    proc.save_pretrained(d)
-    return d
+    return save_tiny_hf_whisper(d, TEXT)
 
 
 def needs_module(module: str, spec: str) -> str:

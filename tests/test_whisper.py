@@ -19,6 +19,7 @@ import pytest
 from extract.cache import FeatureCache, read_features
 from extract.media import Clip
 from extract.registry import ExtractionError, SpecError, build, load_all
+from tiny_models import WHISPER_SPECIALS, byte_bpe
 
 load_all()
 faster_whisper = pytest.importorskip("faster_whisper")
@@ -27,8 +28,6 @@ from extract.extractors import whisper as W  # noqa: E402
 from extract.extractors.hf_common import ModelLoadError  # noqa: E402
 
 RATE = 16000
-SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
-            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
 
 
 def build_tiny_ct2(root: Path) -> Path:
@@ -36,18 +35,12 @@ def build_tiny_ct2(root: Path) -> Path:
     last), saved with save_pretrained and converted to a CTranslate2 folder (+ tokenizer.json)."""
     import torch
     import transformers as tr
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     hf = root / "hf"
     hf.mkdir(parents=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(["hello world, this is a test of speech recognition"],
-                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bpe.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
+    bpe = byte_bpe(["hello world, this is a test of speech recognition"], WHISPER_SPECIALS)
     bpe.save(str(hf / "tokenizer.json"))
-    ids = {s: bpe.token_to_id(s) for s in SPECIALS}
+    ids = {s: bpe.token_to_id(s) for s in WHISPER_SPECIALS}
     cfg = tr.WhisperConfig(vocab_size=bpe.get_vocab_size(), num_mel_bins=80, d_model=16, encoder_layers=1,
                            decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
                            encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
