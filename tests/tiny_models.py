@@ -53,3 +53,21 @@ def save_tiny_hf_whisper(d: Path, text: str) -> Path:
     model.save_pretrained(d)
     proc.save_pretrained(d)
     return d
+
+
+def save_tiny_clip(d: Path) -> Path:
+    """A random CLIP (hidden size 16, 2 layers, 32-px images in 8-px patches) with its image
+    processor, saved to ``d``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8)
+    transformers.CLIPModel(cfg).save_pretrained(d)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    return d
