@@ -229,10 +229,13 @@ class Recogniser:
                     if p.suffix.lower() not in media.MEDIA_EXTENSIONS:
                         raise UserError(f"{p}: not a media file this tool reads (extension {p.suffix or 'none'})")
                     if (loose / p.name).exists():
+                        if os.path.samefile(loose / p.name, p):  # the same file given twice
+                            continue
                         raise UserError(f"two files are both called {p.name!r}: give them in separate calls")
                     os.symlink(p.resolve(), loose / p.name)
                     found = {media.clip_id(loose / p.name, loose): str(p)}
-                clash = sorted(set(found) & set(ids))
+                # a file given alone and inside a folder given too is one clip, not a clash
+                clash = sorted(c for c in set(found) & set(ids) if not os.path.samefile(ids[c], found[c]))
                 if clash:
                     raise UserError(f"two clips are both called {clash[0]!r} ({ids[clash[0]]}, {found[clash[0]]}): "
                                     "give them in separate calls or rename one")

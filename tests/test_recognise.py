@@ -11,6 +11,7 @@ from click.testing import CliRunner
 import cli
 from ensemble import Recogniser, ensemble, export_bundle, open_bundle
 from ensemble.bundle import BundleError
+from extract.errors import UserError
 from extract import extract
 from extract.demo_data import CLASSES, _base_face, face_for, make_demo_set, voice_for, write_media
 from models import fit
@@ -130,6 +131,24 @@ def test_python_recogniser_on_one_file_with_a_cache_and_abstention(media_world):
     # clips that were in the fit's cache: the same ids, a prediction each
     ids = [p.stem for p in sorted(w["data"]["videos"].glob("*.mp4"))][:3]
     assert [x.clip for x in rec.predict_cached(ids, w["cache"])] == ids
+
+
+def test_the_same_file_given_twice_or_inside_a_folder_given_too_is_one_clip(media_world, tmp_path):
+    w = media_world
+    clip = w["fresh"] / "new happy.mp4"
+    with Recogniser.load(w["model"], split=False) as rec:
+        alone = rec.predict(clip)
+        for paths in ([clip, clip], [clip, w["fresh"]], [w["fresh"], clip]):
+            got = {r.clip: r for r in rec.predict_many(paths)}
+            assert sorted(got) == (["new happy"] if len(set(map(str, paths))) == 1
+                                   else ["broken", "new happy", "silent-film"]), paths
+            # one clip alone or in a batch of three: the same scores up to the batch's float rounding
+            assert got["new happy"].scores == pytest.approx(alone.scores, abs=1e-6)
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        (other / "new happy.mp4").write_bytes(clip.read_bytes())  # another file of the same name
+        with pytest.raises(UserError, match="both called"):
+            rec.predict_many([clip, other / "new happy.mp4"])
 
 
 def test_a_loaded_recogniser_loads_its_extractors_once_and_close_releases_them(media_world, monkeypatch):
