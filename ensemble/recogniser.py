@@ -217,7 +217,9 @@ class Recogniser:
         extractors = self.extractors()
         ids: dict[str, str] = {}
         folders: list[Path] = []
-        loose = Path(tempfile.mkdtemp(prefix="moe-recognise-"))  # single files, linked by name
+        singles: dict[str, Path] = {}  # file name -> a file given alone (linked into `loose` by name)
+        in_folders: set[str] = set()  # ids a folder given brings
+        loose = Path(tempfile.mkdtemp(prefix="moe-recognise-"))
         try:
             for p in map(Path, paths):
                 if not p.exists():
@@ -225,14 +227,15 @@ class Recogniser:
                 if p.is_dir():
                     found = {cid: str(path) for cid, path in media.discover(p)[0].items()}
                     folders.append(p)
+                    in_folders.update(found)
                 else:
                     if p.suffix.lower() not in media.MEDIA_EXTENSIONS:
                         raise UserError(f"{p}: not a media file this tool reads (extension {p.suffix or 'none'})")
-                    if (loose / p.name).exists():
-                        if os.path.samefile(loose / p.name, p):  # the same file given twice
+                    if p.name in singles:
+                        if os.path.samefile(singles[p.name], p):  # the same file given twice
                             continue
                         raise UserError(f"two files are both called {p.name!r}: give them in separate calls")
-                    os.symlink(p.resolve(), loose / p.name)
+                    singles[p.name] = p
                     found = {media.clip_id(loose / p.name, loose): str(p)}
                 # a file given alone and inside a folder given too is one clip, not a clash
                 clash = sorted(c for c in set(found) & set(ids) if not os.path.samefile(ids[c], found[c]))
@@ -240,6 +243,9 @@ class Recogniser:
                     raise UserError(f"two clips are both called {clash[0]!r} ({ids[clash[0]]}, {found[clash[0]]}): "
                                     "give them in separate calls or rename one")
                 ids.update(found)
+            for name, p in singles.items():  # linked unless a folder given brings it (extracted once)
+                if media.clip_id(loose / name, loose) not in in_folders:
+                    os.symlink(p.resolve(), loose / name)
             if any(loose.iterdir()):
                 folders.append(loose)
             if jobs != 1:  # a number > 1, or auto: the workers wait, models loaded, until close()
