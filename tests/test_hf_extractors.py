@@ -17,7 +17,7 @@ from extract.media import Clip  # noqa: E402
 from extract.registry import ExtractionError, SpecError, build, load_all  # noqa: E402
 from extract.extractors.hf_audio import split_even  # noqa: E402
 from extract.extractors.hf_common import ModelLoadError, folder_checksum  # noqa: E402
-from tiny_models import save_tiny_clip  # noqa: E402
+from tiny_models import save_tiny_clip, save_tiny_hubert  # noqa: E402
 
 load_all()
 RATE = 16000
@@ -41,14 +41,7 @@ def make(spec):
 # -- tiny models ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hubert_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hubert")
-    torch.manual_seed(0)
-    cfg = transformers.HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                    conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10)
-    transformers.HubertModel(cfg).save_pretrained(d)
-    transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(d)
-    return d
+    return save_tiny_hubert(tmp_path_factory.mktemp("hubert"))
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 from extract.runner import UsageError
 from extract.media import Clip
 from extract.registry import ExtractionError, SpecError, build, load_all
+from tiny_models import voice
 
 load_all()
 from extract.extractors import speaker as S  # noqa: E402
@@ -24,16 +25,6 @@ from extract.extractors.hf_common import ModelLoadError  # noqa: E402
 RATE = 16000
 HAVE = not S.missing_modules()
 needs_resemblyzer = pytest.mark.skipif(not HAVE, reason=f"resemblyzer is not installed ({S.INSTALL})")
-
-
-def voice(seconds: float, seed: int = 0, f0: float = 140.0) -> np.ndarray:
-    """A voiced, speech-like signal: a gliding harmonic tone with a syllable envelope, plus noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
-    phase = 2 * np.pi * np.cumsum(f) / RATE
-    y = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t))
-    return (0.2 * y + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def clip_of(y, cid="a"):

@@ -19,7 +19,7 @@ import pytest
 from extract.cache import FeatureCache, read_features
 from extract.media import Clip
 from extract.registry import ExtractionError, SpecError, build, load_all
-from tiny_models import WHISPER_SPECIALS, byte_bpe
+from tiny_models import WHISPER_SPECIALS, byte_bpe, voice
 
 load_all()
 faster_whisper = pytest.importorskip("faster_whisper")
@@ -57,16 +57,6 @@ def build_tiny_ct2(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return build_tiny_ct2(tmp_path_factory.mktemp("tiny-whisper"))
-
-
-def voice(seconds: float, seed: int = 0, f0: float = 140.0) -> np.ndarray:
-    """A voiced, speech-like signal: a gliding harmonic tone with a syllable envelope, plus noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
-    phase = 2 * np.pi * np.cumsum(f) / RATE
-    y = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t))
-    return (0.2 * y + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def clip_of(y: np.ndarray, cid: str = "a") -> Clip:

@@ -1,8 +1,35 @@
 """Tiny random models shared by several test files, built from configs and saved to a folder, so
-the tests load them through the same code path as real weights."""
+the tests load them through the same code path as real weights; and the speech-like test signal
+the audio models are fed."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+
+
+def voice(seconds: float, seed: int = 0, f0: float = 140.0, rate: int = 16000) -> np.ndarray:
+    """A voiced, speech-like signal: a gliding harmonic tone with a syllable envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f) / rate
+    y = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t))
+    return (0.2 * y + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def save_tiny_hubert(d: Path) -> Path:
+    """A random HuBERT (hidden size 16, 2 layers) with its feature extractor, saved to ``d``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                    conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10)
+    transformers.HubertModel(cfg).save_pretrained(d)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(d)
+    return d
 
 #: Whisper's special tokens, in the order the tiny tokenizers give them their (last) ids
 WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
