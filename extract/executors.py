@@ -91,6 +91,11 @@ def parse_scheduler(text: str | None) -> tuple[str, object] | None:
     if text is None or str(text).strip().lower() in ("", "none"):
         return None
     text = str(text).strip()
+    try:
+        import distributed  # noqa: F401 - installed with this package, unless pip ran with --no-deps
+    except ImportError:
+        raise SchedulerError(f"--scheduler {text}: needs Dask's distributed package (pip install distributed), "
+                             "which is not installed here") from None
     if text.startswith("local"):
         _, _, n = text.partition(":")
         try:
@@ -307,6 +312,52 @@ def start_local_cluster(spec: LocalClusterSpec):
 WARM_UP_TIMEOUT = 900.0
 
 
+#: how long a refused connection to ``--scheduler tcp://...`` is retried before the run stops (a
+#: scheduler started a moment before, e.g. in the same batch script); a host that does not answer at
+#: all is left to Dask's connect timeout (a slow or filtered network)
+PROBE_SECONDS = 5.0
+
+
+def probe_scheduler(address: str, seconds: float | None = None) -> None:
+    """Stops at once, with what is wrong, when no Dask scheduler can be at a ``tcp://``/``tls://``
+    ``address``: an unknown host, a malformed port, or a port nothing listens on (refused for
+    ``seconds``, default :data:`PROBE_SECONDS`); Dask's own connect would wait its whole timeout
+    (20 s) to say "timed out"."""
+    import socket
+
+    import tenacity
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+    except ValueError as exc:
+        raise SchedulerError(f"--scheduler {address}: {exc}") from None
+    if scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parse_host_port(location, default_port=8786)
+    except (ValueError, TypeError):
+        raise SchedulerError(f"--scheduler {address}: give tcp://HOST:PORT") from None
+    if not 0 < port < 65536:
+        raise SchedulerError(f"--scheduler {address}: the port must be 1-65535, not {port}")
+    seconds = PROBE_SECONDS if seconds is None else seconds
+
+    def connect() -> None:
+        socket.create_connection((host, port), timeout=seconds).close()
+
+    try:
+        tenacity.Retrying(stop=tenacity.stop_after_delay(seconds), wait=tenacity.wait_fixed(0.25),
+                          retry=tenacity.retry_if_exception_type(ConnectionRefusedError), reraise=True)(connect)
+    except socket.gaierror:
+        raise SchedulerError(f"--scheduler {address}: unknown host {host!r}") from None
+    except ConnectionRefusedError:
+        raise SchedulerError(f"--scheduler {address}: nothing listens on {host}:{port} (connection refused; "
+                             "is the Dask scheduler started, and is this its address?)") from None
+    except OSError:  # no answer in time, no route: Dask's connect decides, with its timeout
+        return
+
+
 class DaskExecutor:
     """Clips on a Dask cluster; results as they finish (not in clip order)."""
 
@@ -324,6 +375,7 @@ class DaskExecutor:
             self.cluster = start_local_cluster(LocalClusterSpec(value, gpus))
             self.client = Client(self.cluster, set_as_default=False)
         else:
+            probe_scheduler(value)
             try:
                 self.client = Client(value, timeout="20s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
@@ -427,6 +479,7 @@ def cluster_device(address: str, device: str, timeout: str = "20s") -> str:
     declares one (the clips would wait for ever); none yet (a cluster that scales up): as asked."""
     from distributed import Client
 
+    probe_scheduler(address)
     try:
         with Client(address, timeout=timeout, set_as_default=False) as client:
             workers = client.scheduler_info(n_workers=-1).get("workers", {})

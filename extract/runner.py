@@ -395,7 +395,7 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
     :func:`close_loaded`); by default the run closes what it loaded. ``pool_threads``: the threads of
     the extractors' own pools whose count does not change the values (whisper's CTranslate2), when a
     latency-bound caller wants more than ``threads`` (the Recogniser: the usable cores)."""
-    from .executors import start_cluster
+    from .executors import SchedulerError, parse_scheduler, probe_scheduler, start_cluster
 
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
@@ -409,12 +409,21 @@ def run_extract(video_dir, extractors: list[Extractor], cache_dir="cache", decod
         keep = set(shard_slice(sorted([*found.files, *found.collisions]), *shard))
         found.files = {k: v for k, v in found.files.items() if k in keep}
         found.collisions = {k: v for k, v in found.collisions.items() if k in keep}
+    try:  # a scheduler that cannot be there stops the run before it creates the cache folder
+        kind, address = parse_scheduler(scheduler) or (None, None)
+        if kind == "address":
+            probe_scheduler(address)
+    except SchedulerError as exc:
+        raise UsageError(str(exc)) from None
     with RunLog(Path(cache_dir) / LOG_NAME, verbose) as runlog:
         runlog.detail(f"extract {video_dir} -> {cache_dir}: {', '.join(ex.key for ex in extractors)} "
                       f"(pid {os.getpid()})", terminal=False)
         # a Dask cluster starts first: its workers import and load their models (seconds of CPU each)
         # while this process checks the extractors and plans, instead of after (executors.DaskExecutor.warm)
-        cluster = start_cluster(scheduler, device)
+        try:
+            cluster = start_cluster(scheduler, device)
+        except SchedulerError as exc:
+            raise UsageError(str(exc)) from None
         try:
             return _run(video_dir, found, extractors, cache_dir, decode_config, transcripts or {}, transcripts_source,
                         jobs, threads, retry_failed, flush_every, flush_seconds, progress, compact_min_shards, runlog,

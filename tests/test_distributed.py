@@ -308,3 +308,39 @@ def test_cache_verify_finds_a_damaged_shard(clips, tmp_path):
     shard.write_bytes(data[: len(data) // 3])
     res = CliRunner().invoke(cli.main, ["cache", "verify", "--cache", str(cache)])
     assert res.exit_code == 1 and shard.name in res.output and "Traceback" not in res.output
+
+
+def test_a_scheduler_address_nothing_listens_on_is_one_clear_message_not_a_20_s_wait(clips, tmp_path, monkeypatch):
+    """Dask's connect retries a refused connection for its whole timeout (20 s) and then says only
+    "timed out": the probe names what is wrong, whether this process asks the cluster for its device
+    (--device auto) or only connects (--device cpu)."""
+    import socket
+
+    from extract import executors
+
+    monkeypatch.setattr(executors, "PROBE_SECONDS", 0.5)
+    with socket.socket() as s:  # a port that was free a moment ago; nothing listens on it now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for device in ("auto", "cpu"):
+        res = CliRunner().invoke(cli.main, ["extract", str(clips), "--cache", str(tmp_path / device),
+                                            "--features", FEATS, "--device", device,
+                                            "--scheduler", f"tcp://127.0.0.1:{port}"])
+        assert res.exit_code != 0 and isinstance(res.exception, (SystemExit, type(None))), res.output
+        assert f"nothing listens on 127.0.0.1:{port} (connection refused" in res.output, (device, res.output)
+        assert "Traceback" not in res.output and not (tmp_path / device).exists()
+    for address, says in ((f"tcp://127.0.0.1:{port}0", "the port must be 1-65535"),
+                          ("tcp://no-such-host.invalid:8786", "unknown host 'no-such-host.invalid'")):
+        with pytest.raises(SchedulerError, match=says):
+            executors.probe_scheduler(address)
+
+
+def test_without_the_distributed_package_a_scheduler_is_one_clear_message(clips, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    res = CliRunner().invoke(cli.main, ["extract", str(clips), "--cache", str(tmp_path / "cache"),
+                                        "--features", FEATS, "--scheduler", "local:2"])
+    assert res.exit_code != 0 and isinstance(res.exception, (SystemExit, type(None))), res.output
+    assert "needs Dask's distributed package (pip install distributed)" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "cache").exists()
