@@ -169,6 +169,12 @@ def model_card(record: dict, ms, pipeline) -> str:
         model = f.get("model") or {}
         name = (model.get("id") or model.get("path") or model.get("name") or "-") if isinstance(model, dict) else model
         lines.append(f"| {f['key']} | {f.get('extractor') or 'unknown'} | {name} |")
+    local = [f for f in record["features"] if isinstance(f.get("model"), dict) and f["model"].get("source") == "local"]
+    if local:
+        lines += ["", "## Models outside the bundle", "",
+                  "Local models are named by path and checksum, not copied. Where one is elsewhere (another machine, "
+                  "a moved folder): `recognise --relocate OLD=NEW` (accepted with the same checksum only).", ""]
+        lines += [f"- `{f['model'].get('path')}` ({f['model'].get('checksum')}): {f['key']}" for f in local]
     lines += ["", "## Out-of-fold metrics per member (the rows the ensemble was tuned on)", "",
               "| member | weighted F1 | vote weight |", "|---|---|---|"]
     for m in record["ensemble"]["members"]:

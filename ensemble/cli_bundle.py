@@ -60,13 +60,17 @@ def export_cmd(run_dirs, out, ensemble_meta, vote, rules_spec, annotator, power,
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Device for the extractors and the models (auto: a GPU when present).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, None), help="Extraction workers.")
+@click.option("--relocate", multiple=True, metavar="OLD=NEW",
+              help="A local model the bundle names OLD is now at NEW (another machine, a moved folder); "
+                   "accepted only with the same checksum. Repeatable.")
 @click.option("--force", is_flag=True, help="Replace --out even when recognise did not write it.")
-def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, device, jobs, force):
+def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, device, jobs, relocate, force):
     """Recognise the emotion of new clips with a bundle from `cli.py export`: extract exactly its
     features (one decode per clip), predict with every model, vote, apply the rules, calibrate."""
     import json
 
     from .recogniser import Recogniser, write_results
+    from .relocate import parse_relocations
 
     with _errors():
         if out:
@@ -74,7 +78,8 @@ def recognise_cmd(bundle, paths, out, as_json, cache, annotator, abstain_below, 
 
             check_output(out, "recognise", [f"{out}.meta.json"], force)
         # with --cache, one process extracts (a re-run finds every set there): no audio worker to start
-        with Recogniser.load(bundle, annotator, device, split=cache is None) as rec:
+        moved = parse_relocations(relocate)
+        with Recogniser.load(bundle, annotator, device, split=cache is None, relocate=moved) as rec:
             results = rec.predict_many(paths, cache, abstain_below, progress=True, jobs=jobs)
         if out:
             write_results(out, results, rec.classes, bundle, as_json, force)

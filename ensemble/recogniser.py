@@ -70,9 +70,12 @@ def _rebuild(cls, feature: dict, recorded: dict, decode, device: str):
     return cls(config, decode=decode, device=device)
 
 
-def build_extractors(features: list[dict], device: str = "auto"):
-    """The bundle's extractors, rebuilt from their recorded specs; each must give the recorded key."""
+def build_extractors(features: list[dict], device: str = "auto", relocate: dict | None = None):
+    """The bundle's extractors, rebuilt from their recorded specs; each must give the recorded key.
+    ``relocate``: {model path the bundle names: where it is now} (ensemble/relocate.py)."""
     from extract.registry import REGISTRY, load_all
+
+    from .relocate import key_before_the_move, not_the_same_model, relocated_config, why_the_key_differs
 
     load_all()
     decode = _decode_for(features)
@@ -82,30 +85,37 @@ def build_extractors(features: list[dict], device: str = "auto"):
         if cls is None:
             raise BundleError(f"feature {f['key']}: extractor {f.get('extractor')!r} is not registered here (a "
                               "synthetic or foreign feature): this bundle can only predict clips already cached")
-        ex = _rebuild(cls, f, f.get("config") or {}, decode, device)
-        if ex.key != f["key"]:  # an option that resolves per machine (auto): as it resolved for the bundle
-            pinned = cls.pinned_config(f.get("config") or {}, f.get("model"))
+        config, moved = relocated_config(f.get("config") or {}, relocate)
+        ex = _rebuild(cls, f, config, decode, device)
+        if key_before_the_move(ex, moved) != f["key"]:  # an option that resolves per machine (auto): as it did
+            pinned = cls.pinned_config(config, f.get("model"))
             alt = _rebuild(cls, f, pinned, decode, device) if pinned is not None else None
-            ex = alt if alt is not None and alt.key == f["key"] else ex
-        if ex.key != f["key"]:
-            raise BundleError(f"feature {f['key']}: rebuilding {cls.name} from the bundle gives key {ex.key} "
-                              f"(extractor version {cls.version}, bundle {f.get('extractor_version')}): the features "
-                              "would differ from the ones the models were trained on")
-        out.append(ex)
+            ex = alt if alt is not None and key_before_the_move(alt, moved) == f["key"] else ex
+        if key_before_the_move(ex, moved) != f["key"]:
+            why = not_the_same_model(f, ex, moved) if moved else why_the_key_differs(f, ex)
+            raise BundleError(f"feature {f['key']}: " + (why or (
+                f"rebuilding {cls.name} from the bundle gives key {ex.key} (extractor version {cls.version}, "
+                f"bundle {f.get('extractor_version')}): the features would differ from the ones the models "
+                "were trained on")))
+        out.append(ex.filed_as(f["key"]) if moved else ex)
     return out, decode
 
 
 class Recogniser:
-    def __init__(self, bundle: Bundle, annotator=None, device: str = "auto", split: bool = True):
-        """``split``: compute each clip's audio sets in a worker process while this process computes
-        the others, where that can help (see ensemble/audio_worker.py); the worker starts loading
-        its models now, while this process loads the bundle's."""
+    def __init__(self, bundle: Bundle, annotator=None, device: str = "auto", split: bool = True,
+                 relocate: dict | None = None):
+        """``relocate``: {a local model's path as the bundle names it: where it is now}, checked by
+        its checksum (ensemble/relocate.py). ``split``: compute each clip's audio sets in a worker
+        process while this process computes the others, where that can help (see
+        ensemble/audio_worker.py); the worker starts loading its models now, while this process loads
+        the bundle's."""
         self._extractors = None
         self._decode = None
         self._audio_worker = None
         self._work = None
         self.device = device
         self.bundle = bundle
+        self.relocate = dict(relocate or {})
         try:
             if split:
                 self._start_audio_worker()
@@ -154,8 +164,9 @@ class Recogniser:
         self.built: dict = {}
 
     @classmethod
-    def load(cls, path, annotator=None, device: str = "auto", split: bool = True) -> "Recogniser":
-        return cls(open_bundle(path), annotator, device, split)
+    def load(cls, path, annotator=None, device: str = "auto", split: bool = True,
+             relocate: dict | None = None) -> "Recogniser":
+        return cls(open_bundle(path), annotator, device, split, relocate)
 
     def _start_audio_worker(self) -> None:
         from extract.executors import hold_local_workers
@@ -201,7 +212,8 @@ class Recogniser:
     # -- features -------------------------------------------------------------------------------
     def extractors(self):
         if self._extractors is None:
-            self._extractors, self._decode = build_extractors(self.bundle.record["features"], self.device)
+            self._extractors, self._decode = build_extractors(self.bundle.record["features"], self.device,
+                                                                  self.relocate)
         return self._extractors
 
     def _extract(self, paths, cache, progress: bool, jobs: int = 1, own_cache: bool = False) -> dict[str, str]:

@@ -153,6 +153,12 @@ class Extractor:
             self._key = f"{self.name}-{config_hash(self.key_payload())}"
         return self._key
 
+    def filed_as(self, key: str) -> "Extractor":
+        """This extractor with its sets filed under ``key``: only for a key that is its own payload
+        with a moved model's path put back (ensemble/relocate.py checks it, weights checksum included)."""
+        self._key = key
+        return self
+
     def channels(self) -> list[str] | None:
         """Names of the output channels (last axis), where they have names."""
         return None
