@@ -178,14 +178,22 @@ def test_compute_types_per_device(monkeypatch):
     assert W.resolve_compute_type("auto", "cuda") == "float16"
     assert W.resolve_compute_type("auto", "cpu") == W.CPU_COMPUTE_TYPE
     assert W.resolve_compute_type("float32", "cuda") == "float32"
-    # the encoder's auto on the CPU follows the CPU's bfloat16 support; ASR (CTranslate2 only) stays float32
-    for native, want in ((True, "bfloat16"), (False, "float32")):
+    # the encoder's auto on the CPU follows the CPU's bfloat16 support, in PyTorch either way (torch is
+    # installed here); ASR (CTranslate2 only) stays float32
+    for native, want in ((True, "bfloat16"), (False, "torch_float32")):
         monkeypatch.setattr(W, "_NATIVE_BF16", [native])
         assert W.encoder_cpu_auto() == want
         assert build("whisper", device="cpu").resolved_compute_type() == want
-        assert build("whisper", device="cpu").in_torch() is native
+        assert build("whisper", device="cpu").in_torch()
         assert build("asr", device="cpu").resolved_compute_type() == "float32"
     assert not W.runs_in_torch("cuda", "bfloat16")  # a GPU's bfloat16 is CTranslate2's
+    assert not W.runs_in_torch("cpu", "float32")  # float32 as given is CTranslate2's
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a))
+    assert W.encoder_cpu_auto() == "float32"  # without PyTorch: CTranslate2's float32
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     # resolved once per instance: a copy in a process on another CPU keeps the type of its key
     import pickle
 
@@ -334,6 +342,33 @@ def test_bfloat16_on_the_cpu_runs_in_torch_with_its_own_key(tiny):
         whole = f32.padded_mel(y)
         assert whole.shape == (80, 3000)
         np.testing.assert_allclose(bf16.padded_mel(y), whole, rtol=0, atol=1e-6)
+
+
+def test_torch_float32_gives_ctranslate2_s_float32_values_under_its_own_key(tiny):
+    """compute_type=torch_float32 (auto on a CPU without bfloat16 products): the encoder in PyTorch,
+    float32, keyed apart from CTranslate2's float32 (other kernels) but with its values."""
+    ct2 = build(f"whisper:model={tiny},compute_type=float32", device="cpu")
+    t32 = build(f"whisper:model={tiny},compute_type=torch_float32", device="cpu")
+    bf16 = build(f"whisper:model={tiny},compute_type=bfloat16", device="cpu")
+    assert t32.in_torch() and len({ct2.key, t32.key, bf16.key}) == 3
+    assert t32.key_payload()["runtime"] == "torch" and t32.key_payload()["config"]["compute_type"] == "torch_float32"
+    prov = t32.provenance()["model"]
+    assert prov["compute_type"] == "torch_float32" and prov["runtime"].startswith("PyTorch (float32")
+    t32.ensure_loaded()
+    assert t32.encoder.dtype == t32.encoder.torch.float32 and not hasattr(t32, "whisper")
+    for seconds, seed in ((2.0, 4), (0.3, 5), (65.0, 2)):  # padded, a short clip, three chunks
+        y = voice(seconds, seed=seed)
+        a, b = t32.extract(clip_of(y)), ct2.ensure_loaded().extract(clip_of(y))
+        assert a.data.shape == b.data.shape and np.allclose(a.timestamps, b.timestamps)
+        scale = np.abs(b.pooled).max()
+        np.testing.assert_allclose(a.pooled, b.pooled, rtol=0, atol=1e-4 * scale)
+        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-4 * np.abs(b.data).max())
+    again = build(f"whisper:model={tiny},compute_type=torch_float32", device="cpu").ensure_loaded()
+    y = voice(2.0, seed=4)
+    assert np.array_equal(again.extract(clip_of(y)).pooled, t32.extract(clip_of(y)).pooled)  # deterministic
+    # a bundle's pinned auto keeps the runtime it was computed with
+    pinned = W.WhisperExtractor.pinned_config({"compute_type": "auto"}, {"compute_type": "torch_float32"})
+    assert pinned == {"compute_type": "torch_float32"}
 
 
 def test_a_model_torch_cannot_run_is_a_load_error(tiny, tmp_path):

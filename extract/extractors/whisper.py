@@ -26,9 +26,11 @@ leave-one-speaker-out, standardised logistic regression): UAR 0.794 padded vs 0.
 Long audio is cut into the fewest equal chunks of at most ``chunk_seconds`` (<= 30 s), read from the
 clip one at a time (bounded memory); the pooled statistics run over every frame of every chunk.
 
-``compute_type``: ``auto`` is float16 on a GPU (``--device cuda``); on the CPU it is bfloat16 where
-the CPU has bfloat16 dot products (AVX512_BF16 or AMX on x86, BF16 on ARM) and PyTorch is installed,
-else :data:`CPU_COMPUTE_TYPE` (float32; measured, see there). CTranslate2's CPU backend has no
+``compute_type``: ``auto`` is float16 on a GPU (``--device cuda``); on the CPU, with PyTorch installed,
+it is bfloat16 where the CPU has bfloat16 dot products (AVX512_BF16 or AMX on x86, BF16 on ARM), else
+``torch_float32`` (the encoder in float32 in PyTorch: CTranslate2's float32 values to ~1e-5, 27% less
+time per padded clip, see :data:`CPU_TORCH_F32_COMPUTE_TYPE`); without PyTorch :data:`CPU_COMPUTE_TYPE`
+(CTranslate2 float32; measured, see there). CTranslate2's CPU backend has no
 bfloat16, so ``bfloat16`` on the CPU runs the encoder in PyTorch on the same weights
 (whisper_torch.py): 0.18 vs 0.42 s per padded clip, as accurate on EmoDB (UAR 0.813 vs 0.812). Any
 CTranslate2 type the device supports can be given (int8, int8_float32, int8_float16, float16,
@@ -58,7 +60,7 @@ WINDOW_SECONDS = 30.0  # Whisper's input window
 FRAME_SECONDS = 0.02  # one encoder state per 2 mel frames of 10 ms
 ZERO_TAIL_FRAMES = 5  # padded mel: frames of zeros after the chunk, so the last is all zero audio (window 400)
 COMPUTE_TYPES = ("auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16", "bfloat16",
-                 "float32")
+                 "float32", "torch_float32")
 
 #: the default of ``pad``, from bench/bench_speech.py (EmoDB, 408 clips of 2 s, leave-one-speaker-out,
 #: StandardScaler + LogisticRegression C=1, mean+std of tiny.en's encoder frames; 2 shared cores):
@@ -75,6 +77,14 @@ CPU_COMPUTE_TYPE = "float32"
 #: it: CTranslate2's CPU backend has none): bench/bench_whisper_bf16.py, EmoDB as above, one thread,
 #: padded: UAR 0.813 vs 0.812 float32, 0.18 vs 0.42 s per clip (medians, an AMD EPYC with AVX512_BF16)
 CPU_BF16_COMPUTE_TYPE = "bfloat16"
+#: the encoder's CPU type of compute_type=auto where the CPU has no bfloat16 products and PyTorch is
+#: installed: float32 in PyTorch on the same weights (CTranslate2's float32 values to ~1e-5 of their
+#: scale, tests/test_whisper.py), which computes only the frames a clip keeps in the last layer and
+#: the padded window's constant tail once: 481 vs 657 ms per padded window, one thread, medians of 7
+#: (an AMD EPYC without AVX512_BF16, 2026-12-05; bench/README.md)
+CPU_TORCH_F32_COMPUTE_TYPE = "torch_float32"
+#: compute types the encoder runs in PyTorch on the CPU -> the PyTorch dtype
+TORCH_CPU_TYPES = {CPU_BF16_COMPUTE_TYPE: "bfloat16", CPU_TORCH_F32_COMPUTE_TYPE: "float32"}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo: x86 flags, ARM features
 
 
@@ -248,14 +258,15 @@ def encoder_cpu_auto() -> str:
     """What compute_type=auto is on the CPU for the encoder (`whisper`)."""
     import importlib.util
 
-    if cpu_has_bf16() and importlib.util.find_spec("torch") is not None:
-        return CPU_BF16_COMPUTE_TYPE
-    return CPU_COMPUTE_TYPE
+    if importlib.util.find_spec("torch") is None:
+        return CPU_COMPUTE_TYPE
+    return CPU_BF16_COMPUTE_TYPE if cpu_has_bf16() else CPU_TORCH_F32_COMPUTE_TYPE
 
 
 def runs_in_torch(device: str, compute_type: str) -> bool:
-    """The encoder runs in PyTorch (whisper_torch.py): bfloat16 on the CPU, which CTranslate2 lacks."""
-    return device == "cpu" and compute_type == CPU_BF16_COMPUTE_TYPE
+    """The encoder runs in PyTorch (whisper_torch.py): bfloat16 on the CPU, which CTranslate2 lacks,
+    and torch_float32 (fewer products than CTranslate2's float32 for a padded window)."""
+    return device == "cpu" and compute_type in TORCH_CPU_TYPES
 
 
 def default_cpu_threads() -> int:
@@ -310,21 +321,22 @@ def feature_extractor_for(folder: str):
     return FeatureExtractor(**{k: v for k, v in (config if isinstance(config, dict) else {}).items() if k in valid})
 
 
-def load_torch_encoder(ref: WhisperRef):
-    """(TorchWhisperEncoder in bfloat16, FeatureExtractor) for ``ref``: the CPU's bfloat16 runtime."""
+def load_torch_encoder(ref: WhisperRef, compute_type: str = CPU_BF16_COMPUTE_TYPE):
+    """(TorchWhisperEncoder, FeatureExtractor) for ``ref``: the CPU's PyTorch runtime of ``compute_type``
+    (bfloat16 or torch_float32)."""
     try:
         import faster_whisper  # noqa: F401 - the feature extractor
         import torch  # noqa: F401
     except ImportError as exc:
-        raise ModelLoadError(f"compute_type=bfloat16 on the CPU runs the encoder in PyTorch and needs torch and "
-                             f"faster-whisper ({exc.name} is missing); or use compute_type=float32") from None
+        raise ModelLoadError(f"compute_type={compute_type} on the CPU runs the encoder in PyTorch and needs torch "
+                             f"and faster-whisper ({exc.name} is missing); or use compute_type=float32") from None
     from .ct2_weights import CT2FormatError
     from .whisper_torch import TorchWhisperEncoder
 
     verify_shipped(ref)
     path = str(ref.path) if ref.path is not None else hub_snapshot(ref, download=True)
     try:
-        return TorchWhisperEncoder(path, CPU_BF16_COMPUTE_TYPE), feature_extractor_for(path)
+        return TorchWhisperEncoder(path, TORCH_CPU_TYPES[compute_type]), feature_extractor_for(path)
     except (CT2FormatError, OSError) as exc:
         raise ModelLoadError(f"cannot run the Whisper model {ref.spec!r} from {path} in PyTorch: {exc}") from exc
 
@@ -504,7 +516,7 @@ class WhisperConfig:
     pad: bool = DEFAULT_PAD  # zero-pad each chunk to Whisper's 30-s window (pool only the real frames)
     series_seconds: float = 0.2  # the series: encoder frames averaged over windows of this length
     chunk_seconds: float = WINDOW_SECONDS  # long audio: chunks of at most this length (<= 30)
-    compute_type: str = "auto"  # auto: float16 on cuda, bfloat16 or float32 on cpu (see above); or a given type
+    compute_type: str = "auto"  # auto: float16 on cuda, bfloat16 or torch_float32 on cpu (see above); or a given type
     cpu_threads: int = 0  # 0: up to 4 (the cores this process may use); does not change the values
 
     def validate(self):
@@ -532,7 +544,7 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         return encoder_cpu_auto()
 
     def in_torch(self) -> bool:
-        """Whether the encoder runs in PyTorch (bfloat16 on the CPU) instead of CTranslate2."""
+        """Whether the encoder runs in PyTorch (bfloat16 or torch_float32 on the CPU) instead of CTranslate2."""
         return runs_in_torch(self.resolved_device(), self.resolved_compute_type())
 
     def key_payload(self) -> dict:
@@ -542,7 +554,7 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
         weights = self.whisper_weights_id()
         if weights is not None:
             payload["weights"] = weights
-        if self.in_torch():  # not CTranslate2's bfloat16 (a GPU's): other kernels, other values
+        if self.in_torch():  # not CTranslate2's bfloat16 (a GPU's) or float32: other kernels, other values
             payload["runtime"] = "torch"
         return payload
 
@@ -554,7 +566,8 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
     def model_provenance(self) -> dict:
         out = self.whisper_model_provenance()
         if self.in_torch():
-            out["runtime"] = "PyTorch (bfloat16 encoder on the CTranslate2 weights, extractors/whisper_torch.py)"
+            dtype = TORCH_CPU_TYPES[self.resolved_compute_type()]
+            out["runtime"] = f"PyTorch ({dtype} encoder on the CTranslate2 weights, extractors/whisper_torch.py)"
             out.update(library_versions(["torch"]))
         return out
 
@@ -568,7 +581,8 @@ class WhisperExtractor(FasterWhisperUser, Extractor):
 
     def load(self) -> None:
         if self.in_torch():
-            self.encoder, self.features = load_once(self, lambda: load_torch_encoder(self.whisper_ref()))
+            ctype = self.resolved_compute_type()
+            self.encoder, self.features = load_once(self, lambda: load_torch_encoder(self.whisper_ref(), ctype))
         else:
             self.encoder = None
             self.features = self.whisper_load().feature_extractor
