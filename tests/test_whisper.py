@@ -191,9 +191,9 @@ def test_compute_types_per_device(monkeypatch):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a))
-    assert W.encoder_cpu_auto() == "float32"  # without PyTorch: CTranslate2's float32
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a))
+        assert W.encoder_cpu_auto() == "float32"  # without PyTorch: CTranslate2's float32
     # resolved once per instance: a copy in a process on another CPU keeps the type of its key
     import pickle
 

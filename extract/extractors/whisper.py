@@ -321,7 +321,7 @@ def feature_extractor_for(folder: str):
     return FeatureExtractor(**{k: v for k, v in (config if isinstance(config, dict) else {}).items() if k in valid})
 
 
-def load_torch_encoder(ref: WhisperRef, compute_type: str = CPU_BF16_COMPUTE_TYPE):
+def load_torch_encoder(ref: WhisperRef, compute_type: str):
     """(TorchWhisperEncoder, FeatureExtractor) for ``ref``: the CPU's PyTorch runtime of ``compute_type``
     (bfloat16 or torch_float32)."""
     try:
