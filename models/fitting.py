@@ -19,6 +19,7 @@ import numpy as np
 
 from extract.cache import FeatureCache
 from extract.outputs import check_output
+from extract.threads import torch_threads
 from models.data import (InputError, cached_ids, check_classes, first_few, load_features, read_group_table,
                          read_labels, resolve_features)
 from models.heads import HEADS
@@ -395,10 +396,13 @@ def fit(cache, labels, features, out, config: FitConfig | None = None, **options
     cfg = replace(config, **options) if config is not None else FitConfig.from_options(**options)
     cfg = cfg.checked()
     check_run_target_early(out, cfg.rounds)
-    if cfg.threads:
-        import torch
+    import torch  # noqa: F401 - loaded here, so torch_threads can set its count
 
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):  # the caller's count again afterwards (a notebook, the demo)
+        return _fit_rounds(cache, labels, features, out, cfg)
+
+
+def _fit_rounds(cache, labels, features, out, cfg: FitConfig) -> FitResult:
     note = Notes()
     stage1 = cfg.stage1 or stage1_of(cfg.pseudo)
     current, earlier, prev = cfg.pseudo, [], None

@@ -148,3 +148,31 @@ def test_logreg_head_is_the_tuned_linear_model_and_predicts_new_rows_the_same(sy
     got = dict(zip(got_ids, got))
     assert set(ref_ids) <= set(got) and len(ref_ids) == 30
     np.testing.assert_allclose(np.stack([got[i] for i in ref_ids]), ref, atol=1e-6)
+
+
+def test_fit_threads_apply_to_training_only_and_the_callers_count_comes_back(syn, tmp_path, monkeypatch):
+    """fit(threads=1) from a notebook (the demo does it) must not leave torch at one thread for
+    what the caller computes next, whether the fit finishes or fails."""
+    import torch
+
+    import models.fitting as fitting
+    from models.data import InputError
+
+    seen = []
+    real = fitting._fit_rounds
+
+    def spy(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fitting, "_fit_rounds", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fitting.fit(syn.cache, syn.labels_csv, ["vec"], tmp_path / "r", folds=3, epochs=2, hidden=16, threads=1)
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(InputError, match="nosuch"):
+            fitting.fit(syn.cache, syn.labels_csv, ["nosuch"], tmp_path / "r2", folds=3, epochs=2, threads=1)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

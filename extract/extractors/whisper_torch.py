@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..threads import torch_threads
 from .ct2_weights import CT2FormatError, read_ct2_weights
 
 LAYER = "encoder/layer_{}/"
@@ -72,15 +73,8 @@ class TorchWhisperEncoder:
     def encode(self, mel: np.ndarray, rows: int | None = None, threads: int | None = None) -> np.ndarray:
         """``mel`` (n_mels, T) float32 -> the encoder states (ceil(T/2), D) float32, or only the first
         ``rows`` of them; ``threads``: torch's intra-op threads for this call (None: as they are)."""
-        torch = self.torch
-        before = torch.get_num_threads()
-        if threads and threads != before:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return self._encode(mel, rows)
-        finally:
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
 
     def _convolutions(self, mel: np.ndarray):
         F = self.torch.nn.functional
