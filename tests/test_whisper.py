@@ -238,6 +238,22 @@ def test_a_copy_computes_what_its_key_was_planned_with_on_another_device(tiny, m
     np.testing.assert_array_equal(worker.extract(clip_of(y)).pooled, on_cpu.ensure_loaded().extract(clip_of(y)).pooled)
 
 
+def test_torch_float32_is_refused_where_ctranslate2_would_get_it(tiny, monkeypatch):
+    """torch_float32 is the CPU encoder in PyTorch: on a GPU (checked before any clip, and again by a
+    Dask GPU worker that loads it) and for asr (CTranslate2 decoding) it is a clear refusal, not
+    CTranslate2's unknown-type error."""
+    monkeypatch.setattr(W, "ct2_cuda_devices", lambda: 1)
+    for device in ("cuda", "auto"):
+        gpu = build(f"whisper:model={tiny},compute_type=torch_float32", device=device)
+        with pytest.raises(ModelLoadError, match="CPU only"):
+            gpu.check_device()
+        with pytest.raises(ModelLoadError, match="CPU only"):
+            gpu.ensure_loaded()
+    build(f"whisper:model={tiny},compute_type=torch_float32", device="cpu").check_device()  # the CPU: fine
+    with pytest.raises(SpecError, match="whisper extractor only"):
+        build(f"asr:model={tiny},compute_type=torch_float32")
+
+
 def test_the_cpu_flags_are_read_once(monkeypatch, tmp_path):
     monkeypatch.setattr(W, "_NATIVE_BF16", [])
     first = W.cpu_has_bf16()

@@ -78,7 +78,7 @@ class AsrConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if backend_for(self.model, self.backend) == "faster-whisper":
-            validate_runtime_options(self)
+            validate_runtime_options(self, torch_types=False)
         else:
             validate_common(self)
         if self.task not in ("transcribe", "translate"):

@@ -418,6 +418,14 @@ class FasterWhisperUser:
 
     def whisper_check_device(self) -> None:
         resolve_ct2_device(self.device)
+        self.refuse_cpu_only_type()
+
+    def refuse_cpu_only_type(self) -> None:
+        """torch_float32 exists on the CPU only (the encoder in PyTorch float32): on a GPU it would reach
+        CTranslate2 as a type it does not know."""
+        if self.config.compute_type == CPU_TORCH_F32_COMPUTE_TYPE and self.resolved_device() == "cuda":
+            raise ModelLoadError(f"compute_type={CPU_TORCH_F32_COMPUTE_TYPE} runs the encoder in PyTorch on the CPU "
+                                 "only: on a GPU use compute_type=auto (float16) or float32, or --device cpu")
 
     def whisper_preflight(self) -> None:
         ref = self.whisper_ref()
@@ -481,6 +489,7 @@ class FasterWhisperUser:
         # the run's thread budget (--threads, or the Recogniser's cores), not up to 4 per process
         # (the same values: cpu_threads does not change them and is not part of the key)
         threads = self.config.cpu_threads or self.run_threads or 0
+        self.refuse_cpu_only_type()  # a Dask GPU worker (the client checks no device)
         self.whisper = load_once(
             self, lambda: load_whisper_model(self.whisper_ref(), self.load_device(), self.resolved_compute_type(),
                                              threads))
@@ -496,11 +505,16 @@ class FasterWhisperUser:
         return out
 
 
-def validate_runtime_options(config) -> None:
+def validate_runtime_options(config, torch_types: bool = True) -> None:
+    """``torch_types``: the extractor can run Whisper's encoder in PyTorch (``whisper``; not ``asr``,
+    whose decoding is CTranslate2's)."""
     if not str(config.model).strip():
         raise ValueError(f"model is required: {DEFAULT_MODEL}, a local CTranslate2 folder, a size name or a hub id")
     if config.compute_type not in COMPUTE_TYPES:
         raise ValueError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}, not {config.compute_type!r}")
+    if not torch_types and config.compute_type == CPU_TORCH_F32_COMPUTE_TYPE:
+        raise ValueError(f"compute_type={CPU_TORCH_F32_COMPUTE_TYPE} runs whisper's encoder in PyTorch (the whisper "
+                         "extractor only); transcribing runs in CTranslate2: use auto, float32 or an int8 type")
     if config.cpu_threads < 0:
         raise ValueError("cpu_threads must be >= 0 (0: up to 4, the cores this process may use)")
     if config.revision is not None and (config.model in SHIPPED or looks_like_path(config.model)
