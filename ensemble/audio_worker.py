@@ -18,7 +18,9 @@ temporary cache; the values are the ones a single process computes (same extract
 configuration; whisper's thread count does not change them). Used only where it can help: at least
 two usable cores, no GPU, a bundle with both audio-only and other sets, and the Recogniser's own
 temporary cache (with ``cache=`` given, one process extracts, so a re-run finds every set there). A
-worker that dies costs nothing but time: its sets are computed here instead.
+worker that dies costs nothing but time: its sets are computed here instead; so are the sets whose
+model the worker could not load (its warm-up says which, or its first clips do), and if this process
+cannot load one either, the call stops with the usage error one process gives.
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ class AudioWorker:
         self.costs: dict[str, float] = {}
         self.calls: dict[tuple[str, str], int] = {}  # (set or decode, which process) -> runs seen
         self.balanced = True  # False: every audio set in the worker (bench/bench_recognise.py compares)
+        self.reported: set[str] = set()  # sets the worker could not load, already said
 
     def _seen(self, summary, extractors, decode: str) -> None:
         """Record a run's seconds per clip of each set and of decoding (as ``decode``). A set's first
@@ -98,13 +101,27 @@ class AudioWorker:
         """The audio extractors for the worker this call: all of them until both processes' costs are
         known, then the split :func:`balance` finds (on a CPU with bfloat16 the default bundle's
         whisper is cheap enough that eGeMAPS and librosa balance better here)."""
-        known = [ex.key for ex in self.audio] + ["decode audio", "decode here"]
-        if not self.balanced or not all(k in self.costs for k in known):
-            return list(self.audio)
+        unloadable = self.unloadable()
+        audio = [ex for ex in self.audio if ex.key not in unloadable]
+        known = [ex.key for ex in audio] + ["decode audio", "decode here"]
+        if not audio or not self.balanced or not all(k in self.costs for k in known):
+            return audio
         rest = sum(self.costs.get(ex.key, 0.0) for ex in self.rest)  # a set no clip could feed costs nothing
-        chosen = balance({ex.key: self.costs[ex.key] for ex in self.audio}, rest + self.costs["decode here"],
+        chosen = balance({ex.key: self.costs[ex.key] for ex in audio}, rest + self.costs["decode here"],
                          self.costs["decode audio"])
-        return [ex for ex in self.audio if ex.key in chosen]
+        return [ex for ex in audio if ex.key in chosen]
+
+    def unloadable(self) -> set[str]:
+        """The audio sets whose model the worker's warm-up could not load (computed here instead: if
+        this process cannot load one either, its run stops with the usage error of one process);
+        nothing while the warm-up runs or when the worker died (a broken pool, handled by ``extract``)."""
+        if not self.warming.done() or self.warming.exception() is not None:
+            return set()
+        errors = (self.warming.result() or {}).get("errors") or {}
+        for key in sorted(set(errors) - self.reported):
+            LOG.warning("the audio worker cannot load %s (%s): computed in this process", key, errors[key])
+            self.reported.add(key)
+        return set(errors)
 
     def extract(self, folders: list[Path], cache, run_here) -> None:
         """The audio sets of ``folders`` in the worker while ``run_here(folder, extractors, cache)``
@@ -113,7 +130,7 @@ class AudioWorker:
 
         from extract.cache import FeatureCache
         from extract.executors import local_pool
-        from extract.runner import run_extract_warm
+        from extract.runner import UsageError, run_extract_warm
 
         side = Path(tempfile.mkdtemp(prefix="moe-recognise-audio-"))
         there = self.plan()
@@ -122,7 +139,7 @@ class AudioWorker:
             try:
                 pool = local_pool(1)  # the same worker, or a new one if it was stopped (it loads again)
                 futures = [pool.submit(run_extract_warm, folder, there, side, self.decode, 1)
-                           for folder in folders]
+                           for folder in folders] if there else []
             except (BrokenProcessPool, RuntimeError) as exc:  # the pool is gone (a worker died earlier)
                 futures, broken = [], exc
             else:
@@ -131,15 +148,17 @@ class AudioWorker:
                 self._seen(run_here(folder, here, cache), here, "decode here")
             try:
                 summaries = [f.result() for f in futures]
-            except BrokenProcessPool as exc:
+            except (BrokenProcessPool, UsageError) as exc:  # died, or a model it could not load (see plan)
                 broken = exc
-            if broken is None and futures:
+            if not there:
+                return
+            if broken is None:
                 for summary in summaries:
                     self._seen(summary, there, "decode audio")
                 for key in FeatureCache(side).keys():
                     os.replace(side / key, Path(cache) / key)
                 return
-            LOG.warning("the audio worker process stopped (%s): its feature sets are computed here",
+            LOG.warning("the audio worker could not compute its feature sets (%s): they are computed here",
                         str(broken) or type(broken).__name__)
             for folder in folders:
                 run_here(folder, there, cache)

@@ -198,6 +198,7 @@ def test_the_audio_worker_gives_the_one_process_results_and_ends_with_close(medi
 
 
 def test_the_audio_sets_are_split_so_both_processes_take_as_long():
+    from concurrent.futures import Future
     from types import SimpleNamespace
 
     from ensemble.audio_worker import AudioWorker, balance
@@ -214,6 +215,8 @@ def test_the_audio_sets_are_split_so_both_processes_take_as_long():
     ex = {name: SimpleNamespace(key=f"{name}-k") for name in ("whisper", "egemaps", "face-au")}
     w = object.__new__(AudioWorker)
     w.audio, w.rest, w.costs, w.calls, w.balanced = [ex["whisper"], ex["egemaps"]], [ex["face-au"]], {}, {}, True
+    w.warming, w.reported = Future(), set()
+    w.warming.set_result({"provenance": {}, "errors": {}})  # loaded both
     assert w.plan() == w.audio  # nothing measured yet: every audio set in the worker
 
     def call(where, extractors, seconds: dict, clips=2):
@@ -239,6 +242,56 @@ def test_the_audio_sets_are_split_so_both_processes_take_as_long():
     # this process decoded audio too (eGeMAPS ran here): its decoding is not this process's own
     call("decode here", [ex["face-au"], ex["egemaps"]], {"face-au-k": 0.2, "egemaps-k": 0.1, "decode": 0.06})
     assert w.costs["decode here"] == 0.02 and w.costs["egemaps-k"] == 0.05
+
+
+def test_sets_the_audio_worker_could_not_load_are_computed_here(monkeypatch, tmp_path):
+    """The worker's warm-up reports a model it could not load: from then on that set is planned in
+    this process (which gives one process's usage error if it cannot load it either), said once."""
+    import logging
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from ensemble.audio_worker import AudioWorker
+
+    ex = {name: SimpleNamespace(key=f"{name}-k", name=name) for name in ("whisper", "egemaps", "face-au")}
+    w = object.__new__(AudioWorker)
+    w.audio, w.rest, w.costs, w.calls, w.balanced, w.reported = [ex["whisper"], ex["egemaps"]], [ex["face-au"]], \
+        {}, {}, True, set()
+    w.warming = Future()
+    assert w.plan() == w.audio  # still warming up: every audio set there
+    w.warming.set_result({"provenance": {"egemaps-k": {}}, "errors": {"whisper-k": "no model at /gone"}})
+    log = logging.getLogger("moe.ensemble")  # the tool's logger may not propagate (extract/logs.py)
+    records: list = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    log.addHandler(handler)
+    try:
+        assert w.plan() == [ex["egemaps"]] and w.plan() == [ex["egemaps"]]
+    finally:
+        log.removeHandler(handler)
+    said = [r.getMessage() for r in records if "cannot load" in r.getMessage()]
+    assert len(said) == 1 and "whisper-k" in said[0] and "/gone" in said[0]
+    # a set the worker could not load on its first clips (its warm-up not read yet): computed here
+    from extract import executors
+    from extract.runner import UsageError
+
+    class Pool:
+        def submit(self, *args):
+            f = Future()
+            f.set_exception(UsageError("egemaps cannot start: no openSMILE here"))
+            return f
+
+    ran = []
+    w.reported, w.decode = {"whisper-k"}, None
+    monkeypatch.setattr(executors, "local_pool", lambda n: Pool())
+    w.extract([tmp_path], tmp_path / "cache", lambda folder, exs, cache: ran.append([e.name for e in exs]) or
+              SimpleNamespace(done={}, decoded=0, compute_seconds={}))
+    assert ran == [["face-au", "whisper"], ["egemaps"]]
+    died = object.__new__(AudioWorker)
+    died.audio, died.rest, died.costs, died.calls, died.balanced, died.reported = w.audio, w.rest, {}, {}, True, set()
+    died.warming = Future()
+    died.warming.set_exception(RuntimeError("worker died"))
+    assert died.plan() == w.audio  # a dead worker is the broken pool's case, not a set it cannot load
 
 
 def test_closing_one_recogniser_leaves_the_worker_another_one_uses(media_world, processes):
