@@ -20,6 +20,8 @@ import numpy as np
 
 from bench_emodb import EMODB, emodb_clips, logreg_loso, scores
 
+REFERENCE = "CTranslate2 float32"  # the runtime the others are compared with
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +38,7 @@ def main() -> None:
 
     registry.load_all()
     ids, y, spk = (part[: args.clips or None] for part in emodb_clips())
-    variants = {"CTranslate2 float32": registry.build("whisper:compute_type=float32", device="cpu"),
+    variants = {REFERENCE: registry.build("whisper:compute_type=float32", device="cpu"),
                 "PyTorch bfloat16": registry.build("whisper:compute_type=bfloat16", device="cpu"),
                 "PyTorch float32": registry.build("whisper:compute_type=torch_float32", device="cpu")}
     torch.set_num_threads(1)
@@ -57,10 +59,12 @@ def main() -> None:
     for ex in variants.values():
         ex.close()
     stacked = {name: np.stack(v) for name, v in pooled.items()}
-    a = stacked["CTranslate2 float32"]
-    for name, b in list(stacked.items())[1:]:
+    a = stacked[REFERENCE]
+    for name, b in stacked.items():
+        if name == REFERENCE:
+            continue
         moved = np.abs(a - b) / (a.std(0) + 1e-12)
-        print(f"  {name}: pooled values moved from CTranslate2 float32's by (x their spread over clips): median "
+        print(f"  {name}: pooled values moved from {REFERENCE}'s by (x their spread over clips): median "
               f"{np.median(moved):.3f}, 99th percentile {np.percentile(moved, 99):.3f}, max {moved.max():.3f}")
     for name, x in stacked.items():
         line = f"  {name:20s} {np.median(ms[name]):4.0f} ms per clip (median)"
